@@ -1,0 +1,258 @@
+//! The configuration file's data model (TOML, serde, `deny_unknown_fields`).
+//!
+//! Owns: the shape of the file and per-field defaults. May use: serde and
+//! the pure enums of `policy` and `auth::tls`. Must never: read files, touch
+//! the network or hold a secret value (upstream secrets are references to an
+//! environment variable or a file, resolved by `config::secrets`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::auth::tls::UpstreamTlsMode;
+use crate::policy::{Level, PolicyExtensions, Tier};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Process-wide settings (timeouts, connection cap).
+    #[serde(default)]
+    pub proxy: ProxySettings,
+    /// The admin HTTP listener (`/metrics`, `/healthz`, `/readyz`).
+    #[serde(default)]
+    pub admin: AdminSettings,
+    /// Client-side TLS (the proxy's own certificate). Required when any
+    /// served environment requires TLS.
+    pub tls: Option<TlsSettings>,
+    /// The tamper-evident audit log. Required for production-tier environments.
+    pub audit: Option<AuditSettings>,
+    /// Promotion order of the environments (dev → test → stage → prod).
+    #[serde(default)]
+    pub promotion: PromotionSettings,
+    /// Extensions of the statement classifier's tables.
+    #[serde(default)]
+    pub policy: PolicyExtensions,
+    /// Environments by name.
+    pub environments: BTreeMap<String, Environment>,
+    /// Roles by name: the level each role gets in each environment.
+    pub roles: BTreeMap<String, Role>,
+    /// Identities (the `user` of the startup packet) by name.
+    #[serde(default)]
+    pub identities: BTreeMap<String, Identity>,
+}
+
+/// Process-wide settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxySettings {
+    /// Time a client has to finish TLS and authentication, in milliseconds.
+    pub startup_timeout_ms: u64,
+    /// Time to connect and authenticate to the upstream, in milliseconds.
+    pub upstream_connect_timeout_ms: u64,
+    /// Hard cap on concurrent client connections for the whole process.
+    pub max_client_connections: usize,
+    /// On SIGTERM, how long sessions may finish before they are closed.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings {
+            startup_timeout_ms: 10_000,
+            upstream_connect_timeout_ms: 10_000,
+            max_client_connections: 10_000,
+            shutdown_grace_ms: 30_000,
+        }
+    }
+}
+
+/// The admin HTTP listener.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Address of the admin listener, e.g. `127.0.0.1:9187`. Unset: no listener.
+    pub listen: Option<String>,
+}
+
+/// The proxy's own certificate for client connections.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+}
+
+/// Where and how the audit log is written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSettings {
+    /// JSON Lines file, appended to.
+    pub path: PathBuf,
+    /// Replace literals in statement text with placeholders.
+    #[serde(default)]
+    pub redact_literals: bool,
+    /// `always`, `interval` (default) or `never`.
+    #[serde(default = "default_fsync")]
+    pub fsync: String,
+    /// Flush (and fsync with `interval`) period in milliseconds.
+    #[serde(default = "default_flush_ms")]
+    pub flush_interval_ms: u64,
+}
+
+fn default_fsync() -> String {
+    "interval".to_string()
+}
+fn default_flush_ms() -> u64 {
+    200
+}
+
+/// Promotion order.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PromotionSettings {
+    /// Environment names, earliest first. Empty: ordered by tier.
+    #[serde(default)]
+    pub order: Vec<String>,
+}
+
+/// One environment guarded by the proxy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Environment {
+    /// `development`, `testing`, `staging` or `production`.
+    pub tier: Tier,
+    /// Client listener address, e.g. `127.0.0.1:6432`.
+    pub listen: String,
+    /// Refuse clients that do not use TLS. Default: true in production tier.
+    pub require_tls: Option<bool>,
+    /// Statements slower than this are counted and logged (milliseconds).
+    #[serde(default = "default_slow_ms")]
+    pub slow_query_ms: u64,
+    /// Cap on concurrent client sessions of this environment.
+    pub max_connections: Option<usize>,
+    /// Cap on concurrent client sessions per role in this environment.
+    #[serde(default)]
+    pub max_connections_per_role: BTreeMap<String, usize>,
+    /// Connection-spike floor: attempts per 10 s below this never count.
+    #[serde(default = "default_spike_floor")]
+    pub spike_floor: u64,
+    /// Connection-spike factor over the 5-minute average 10-s count.
+    #[serde(default = "default_spike_factor")]
+    pub spike_factor: f64,
+    /// Lock-wait monitor poll interval (milliseconds).
+    #[serde(default = "default_lock_poll_ms")]
+    pub lock_poll_ms: u64,
+    /// Rate-limit authentication failures. Default: true in production tier.
+    pub auth_rate_limit: Option<bool>,
+    /// File holding this environment's token signing key (see `tierwarden token keygen`).
+    pub token_key_file: Option<PathBuf>,
+    /// Environment variable holding the token signing key (alternative to the file).
+    pub token_key_env: Option<String>,
+    /// Close sessions idle inside a transaction for longer than this (milliseconds).
+    pub idle_in_transaction_timeout_ms: Option<u64>,
+    /// The database this environment guards.
+    pub upstream: Upstream,
+}
+
+fn default_slow_ms() -> u64 {
+    100
+}
+fn default_spike_floor() -> u64 {
+    50
+}
+fn default_spike_factor() -> f64 {
+    3.0
+}
+fn default_lock_poll_ms() -> u64 {
+    1000
+}
+
+impl Environment {
+    /// Whether plaintext clients are refused.
+    pub fn tls_required(&self) -> bool {
+        self.require_tls.unwrap_or(self.tier == Tier::Production)
+    }
+    /// Whether authentication failures are rate limited.
+    pub fn rate_limited(&self) -> bool {
+        self.auth_rate_limit
+            .unwrap_or(self.tier == Tier::Production)
+    }
+}
+
+/// The upstream PostgreSQL of one environment.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// Host name or IP address.
+    pub host: String,
+    /// TCP port.
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    /// Database name; clients' database names are mapped to it.
+    pub database: String,
+    /// `disable` (default), `prefer`, `require`, `verify-ca`, `verify-full`.
+    #[serde(default)]
+    pub sslmode: UpstreamTlsMode,
+    /// CA certificate for `verify-ca` / `verify-full`.
+    pub ca_file: Option<PathBuf>,
+    /// Upstream user per access level: keys `ro`, `rw`, `migrate`.
+    pub users: BTreeMap<String, UpstreamUser>,
+    /// Optional identity marker: the database comment must contain
+    /// `tierwarden:env=<name>` (checked at startup when true).
+    #[serde(default)]
+    pub verify_marker: bool,
+}
+
+fn default_pg_port() -> u16 {
+    5432
+}
+
+/// One upstream login. The secret is never inline.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamUser {
+    /// PostgreSQL role name.
+    pub user: String,
+    /// Environment variable that holds the password.
+    pub password_env: Option<String>,
+    /// File that holds the password (first line).
+    pub password_file: Option<PathBuf>,
+}
+
+/// A role: one level per environment.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Role {
+    /// People who develop: never a write-capable level in production.
+    #[serde(default)]
+    pub developer: bool,
+    /// Sessions of this role are tracked as migrations when they run ddl.
+    #[serde(default)]
+    pub migrations: bool,
+    /// Level per environment name; a missing environment means `none`.
+    #[serde(default)]
+    pub levels: BTreeMap<String, Level>,
+}
+
+impl Role {
+    /// The level of this role in `env` (`none` when not listed).
+    pub fn level_in(&self, env: &str) -> Level {
+        self.levels.get(env).copied().unwrap_or(Level::None)
+    }
+}
+
+/// An identity: who connects.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    /// The identity's one role.
+    pub role: String,
+    /// SCRAM-SHA-256 verifier per environment, PostgreSQL format
+    /// (`tierwarden passwd` prints one). No verifier: token-only in that env.
+    #[serde(default)]
+    pub verifiers: BTreeMap<String, String>,
+}

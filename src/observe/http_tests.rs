@@ -1,0 +1,124 @@
+//! Tests of `http.rs`: the routing table, then the real listener over TCP.
+
+use super::*;
+use std::sync::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct FakeState {
+    ready: Mutex<Vec<(String, bool)>>,
+}
+
+impl AdminState for FakeState {
+    fn metrics_text(&self) -> String {
+        "# TYPE tierwarden_upstream_up gauge\ntierwarden_upstream_up{env=\"dev\"} 1\n# EOF\n".into()
+    }
+    fn readiness(&self) -> Vec<(String, bool)> {
+        self.ready.lock().unwrap().clone()
+    }
+    fn production(&self) -> bool {
+        true
+    }
+}
+
+fn state(ready: &[(&str, bool)]) -> Arc<FakeState> {
+    Arc::new(FakeState {
+        ready: Mutex::new(ready.iter().map(|(e, b)| (e.to_string(), *b)).collect()),
+    })
+}
+
+#[test]
+fn routing_table() {
+    let s = state(&[("dev", true)]);
+    let code = |m: Method, p: &str| route(s.as_ref(), &m, p).status().as_u16();
+    assert_eq!(code(Method::GET, "/metrics"), 200);
+    assert_eq!(code(Method::HEAD, "/healthz"), 200);
+    assert_eq!(code(Method::GET, "/readyz"), 200);
+    assert_eq!(code(Method::POST, "/metrics"), 405);
+    assert_eq!(code(Method::GET, "/"), 404);
+    assert_eq!(code(Method::GET, "/debug/pprof"), 404);
+    assert_eq!(code(Method::GET, "/metrics/"), 404);
+    let r = route(s.as_ref(), &Method::GET, "/metrics");
+    assert_eq!(
+        r.headers().get(CONTENT_TYPE).unwrap(),
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+}
+
+/// One HTTP/1.1 request with `Connection: close`; returns (status, headers, body).
+async fn get(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head.to_ascii_lowercase(), body.to_owned())
+}
+
+#[tokio::test]
+async fn serves_routes_over_tcp_and_stops_on_shutdown() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let st = state(&[("dev", true), ("prod", true)]);
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(serve_admin(
+        listener,
+        Arc::clone(&st) as Arc<dyn AdminState>,
+        shutdown.clone(),
+    ));
+
+    let (code, head, body) = get(addr, "GET", "/metrics").await;
+    assert_eq!(code, 200);
+    assert!(head.contains("content-type: application/openmetrics-text; version=1.0.0"));
+    assert!(body.contains("tierwarden_upstream_up{env=\"dev\"} 1"));
+
+    assert_eq!(get(addr, "GET", "/healthz").await.0, 200);
+    assert_eq!(get(addr, "GET", "/healthz").await.2, "ok\n");
+    assert_eq!(get(addr, "GET", "/readyz").await.0, 200);
+
+    st.ready.lock().unwrap()[1].1 = false;
+    let (code, _, body) = get(addr, "GET", "/readyz").await;
+    assert_eq!(code, 503);
+    assert_eq!(body, "not ready: upstream unreachable: prod\n");
+
+    let (code, _, _) = get(addr, "GET", "/debug/vars").await;
+    assert_eq!(code, 404);
+    let (code, head, _) = get(addr, "DELETE", "/metrics").await;
+    assert_eq!(code, 405);
+    assert!(head.contains("allow: get, head"));
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("server did not stop")
+        .unwrap();
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+#[tokio::test]
+async fn garbage_request_does_not_stop_the_listener() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(serve_admin(
+        listener,
+        state(&[]) as Arc<dyn AdminState>,
+        shutdown.clone(),
+    ));
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"\x16\x03\x01 not http at all\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw).await;
+    assert!(raw.is_empty() || raw.starts_with(b"HTTP/1.1 400"));
+    // No environments served: vacuously ready.
+    assert_eq!(get(addr, "GET", "/readyz").await.0, 200);
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("server did not stop")
+        .unwrap();
+}

@@ -1,0 +1,580 @@
+//! Classifier: SQL text → one [`Statement`] per statement (SPEC §4, THREATS.md).
+//!
+//! Owns parsing with PostgreSQL's own grammar (`pg_query`), the per-statement
+//! dispatch on the top-level node, the migration-ledger list and a bounded,
+//! thread-safe LRU cache keyed by the exact query text. It may use `walk.rs`,
+//! `settings.rs` and `functions.rs`; it must never look at the text itself
+//! (prefixes, keywords): only the parse tree decides. Any parse or decode error —
+//! including prost's recursion limit on deeply nested SQL (about 40+ nested
+//! expression levels) — gives one `Unclassified` statement, never a panic. The C
+//! parser guards its own stack depth; the Rust-side walk is bounded by prost's
+//! decode limit, so pathological input cannot overflow the stack.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
+use pg_query::protobuf::ObjectType;
+use serde_json::Value;
+
+use super::functions::FunctionTable;
+use super::settings::{self, modes_make_writable};
+use super::walk::{self, literal, range_var_name, Acc, Literal};
+use super::{Classified, PolicyExtensions, Statement, StatementClass, TxControl};
+
+use StatementClass::{Ddl, Maintenance, Privileged, Read, Session, Transaction, Write};
+
+/// Default migration-ledger tables (SPEC §4), matched case-insensitively on the
+/// unqualified name in any schema.
+pub const DEFAULT_LEDGER_TABLES: &[&str] = &[
+    "schema_migrations",
+    "ar_internal_metadata",
+    "_sqlx_migrations",
+    "alembic_version",
+    "django_migrations",
+    "flyway_schema_history",
+    "schema_version",
+    "refinery_schema_history",
+    "__diesel_schema_migrations",
+    "goose_db_version",
+    "knex_migrations",
+    "knex_migrations_lock",
+    "__drizzle_migrations",
+    "pgmigrations",
+    "_prisma_migrations",
+    "databasechangelog",
+    "databasechangeloglock",
+    "__efmigrationshistory",
+    "sequelizemeta",
+    "atlas_schema_revisions",
+];
+
+const CACHE_SHARDS: usize = 8;
+const CACHE_ENTRIES_PER_SHARD: usize = 512;
+/// Texts longer than this are classified but not cached (bounds cache memory to
+/// about 4096 × 8 KiB).
+const CACHE_MAX_TEXT: usize = 8 * 1024;
+
+/// Objects whose creation, change or removal is privileged whatever the verb.
+const PRIVILEGED_OBJECTS: &[ObjectType] = &[
+    ObjectType::ObjectDatabase,
+    ObjectType::ObjectRole,
+    ObjectType::ObjectTablespace,
+    ObjectType::ObjectExtension,
+    ObjectType::ObjectFdw,
+    ObjectType::ObjectForeignServer,
+    ObjectType::ObjectEventTrigger,
+    ObjectType::ObjectLanguage,
+    ObjectType::ObjectAccessMethod,
+    ObjectType::ObjectPublication,
+    ObjectType::ObjectSubscription,
+    ObjectType::ObjectParameterAcl,
+    ObjectType::ObjectUserMapping,
+];
+
+/// Statements that are privileged by their kind alone.
+const PRIVILEGED_STMTS: &[(&str, &str)] = &[
+    ("DoStmt", "DO block"),
+    ("LoadStmt", "LOAD"),
+    ("AlterSystemStmt", "ALTER SYSTEM"),
+    ("CheckPointStmt", "CHECKPOINT"),
+    ("CreateRoleStmt", "CREATE ROLE"),
+    ("AlterRoleStmt", "ALTER ROLE"),
+    ("AlterRoleSetStmt", "ALTER ROLE SET"),
+    ("DropRoleStmt", "DROP ROLE"),
+    ("GrantRoleStmt", "GRANT/REVOKE role membership"),
+    ("ReassignOwnedStmt", "REASSIGN OWNED"),
+    ("DropOwnedStmt", "DROP OWNED"),
+    ("CreatedbStmt", "CREATE DATABASE"),
+    ("AlterDatabaseStmt", "ALTER DATABASE"),
+    ("AlterDatabaseRefreshCollStmt", "ALTER DATABASE"),
+    ("AlterDatabaseSetStmt", "ALTER DATABASE SET"),
+    ("DropdbStmt", "DROP DATABASE"),
+    ("CreateTableSpaceStmt", "CREATE TABLESPACE"),
+    ("DropTableSpaceStmt", "DROP TABLESPACE"),
+    ("AlterTableSpaceOptionsStmt", "ALTER TABLESPACE"),
+    ("AlterTableMoveAllStmt", "ALTER TABLE ALL IN TABLESPACE"),
+    ("CreateSubscriptionStmt", "CREATE SUBSCRIPTION"),
+    ("AlterSubscriptionStmt", "ALTER SUBSCRIPTION"),
+    ("DropSubscriptionStmt", "DROP SUBSCRIPTION"),
+    ("CreatePublicationStmt", "CREATE PUBLICATION"),
+    ("AlterPublicationStmt", "ALTER PUBLICATION"),
+    ("CreateExtensionStmt", "CREATE EXTENSION"),
+    ("AlterExtensionStmt", "ALTER EXTENSION"),
+    ("AlterExtensionContentsStmt", "ALTER EXTENSION"),
+    ("CreateFdwStmt", "CREATE FOREIGN DATA WRAPPER"),
+    ("AlterFdwStmt", "ALTER FOREIGN DATA WRAPPER"),
+    ("CreateForeignServerStmt", "CREATE SERVER"),
+    ("AlterForeignServerStmt", "ALTER SERVER"),
+    ("CreateUserMappingStmt", "CREATE USER MAPPING"),
+    ("AlterUserMappingStmt", "ALTER USER MAPPING"),
+    ("DropUserMappingStmt", "DROP USER MAPPING"),
+    ("ImportForeignSchemaStmt", "IMPORT FOREIGN SCHEMA"),
+    ("CreateEventTrigStmt", "CREATE EVENT TRIGGER"),
+    ("AlterEventTrigStmt", "ALTER EVENT TRIGGER"),
+    ("CreatePlangStmt", "CREATE LANGUAGE"),
+    ("CreateAmStmt", "CREATE ACCESS METHOD"),
+];
+
+/// Schema-object statements (ddl), with their summary.
+const DDL_STMTS: &[(&str, &str)] = &[
+    ("CreateStmt", "CREATE TABLE"),
+    ("AlterTableStmt", "ALTER TABLE"),
+    ("IndexStmt", "CREATE INDEX"),
+    ("ViewStmt", "CREATE VIEW"),
+    ("CreateSeqStmt", "CREATE SEQUENCE"),
+    ("AlterSeqStmt", "ALTER SEQUENCE"),
+    ("CreateFunctionStmt", "CREATE FUNCTION"),
+    ("AlterFunctionStmt", "ALTER FUNCTION"),
+    ("CreateSchemaStmt", "CREATE SCHEMA"),
+    ("CompositeTypeStmt", "CREATE TYPE"),
+    ("CreateEnumStmt", "CREATE TYPE"),
+    ("CreateRangeStmt", "CREATE TYPE"),
+    ("AlterEnumStmt", "ALTER TYPE"),
+    ("CreateDomainStmt", "CREATE DOMAIN"),
+    ("AlterDomainStmt", "ALTER DOMAIN"),
+    (
+        "DefineStmt",
+        "CREATE (aggregate, operator, type or collation)",
+    ),
+    ("RuleStmt", "CREATE RULE"),
+    ("CreateTrigStmt", "CREATE TRIGGER"),
+    ("CommentStmt", "COMMENT ON"),
+    ("SecLabelStmt", "SECURITY LABEL"),
+    ("CreateOpClassStmt", "CREATE OPERATOR CLASS"),
+    ("CreateOpFamilyStmt", "CREATE OPERATOR FAMILY"),
+    ("AlterOpFamilyStmt", "ALTER OPERATOR FAMILY"),
+    ("AlterOperatorStmt", "ALTER OPERATOR"),
+    ("AlterTypeStmt", "ALTER TYPE"),
+    ("CreateCastStmt", "CREATE CAST"),
+    ("CreateConversionStmt", "CREATE CONVERSION"),
+    ("CreateTransformStmt", "CREATE TRANSFORM"),
+    ("CreatePolicyStmt", "CREATE POLICY"),
+    ("AlterPolicyStmt", "ALTER POLICY"),
+    ("CreateStatsStmt", "CREATE STATISTICS"),
+    ("AlterStatsStmt", "ALTER STATISTICS"),
+    ("CreateForeignTableStmt", "CREATE FOREIGN TABLE"),
+    ("AlterTsdictionaryStmt", "ALTER TEXT SEARCH DICTIONARY"),
+    (
+        "AlterTsconfigurationStmt",
+        "ALTER TEXT SEARCH CONFIGURATION",
+    ),
+    ("AlterCollationStmt", "ALTER COLLATION"),
+    ("AlterDefaultPrivilegesStmt", "ALTER DEFAULT PRIVILEGES"),
+    ("AlterObjectDependsStmt", "ALTER ... DEPENDS ON EXTENSION"),
+    ("RefreshMatViewStmt", "REFRESH MATERIALIZED VIEW"),
+];
+
+/// Per-statement facts besides class and tables.
+#[derive(Default)]
+struct Meta {
+    tx: Option<TxControl>,
+    prepare_name: Option<String>,
+    execute_name: Option<String>,
+    deallocate: Option<Option<String>>,
+}
+
+/// Classifies SQL text; holds the function table, the ledger list and the cache.
+pub struct Classifier {
+    funcs: FunctionTable,
+    /// Ledger names: unqualified (`schema_migrations`, any schema) or qualified.
+    ledger: Vec<String>,
+    cache: Vec<Mutex<LruCache<String, Arc<Classified>>>>,
+}
+
+impl std::fmt::Debug for Classifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Classifier")
+            .field("ledger", &self.ledger)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Classifier {
+    pub fn new(extra: &PolicyExtensions) -> Classifier {
+        let mut ledger: Vec<String> = DEFAULT_LEDGER_TABLES
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        ledger.extend(
+            extra
+                .extra_ledger_tables
+                .iter()
+                .map(|s| s.trim().to_lowercase()),
+        );
+        let per_shard = NonZeroUsize::new(CACHE_ENTRIES_PER_SHARD).unwrap_or(NonZeroUsize::MIN);
+        Classifier {
+            funcs: FunctionTable::new(extra),
+            ledger,
+            cache: (0..CACHE_SHARDS)
+                .map(|_| Mutex::new(LruCache::new(per_shard)))
+                .collect(),
+        }
+    }
+
+    /// Classify every statement of `sql` (cached by exact text).
+    pub fn classify(&self, sql: &str) -> Arc<Classified> {
+        if sql.len() > CACHE_MAX_TEXT {
+            return Arc::new(self.classify_uncached(sql));
+        }
+        let mut hasher = DefaultHasher::new();
+        sql.hash(&mut hasher);
+        let shard = &self.cache[(hasher.finish() as usize) % CACHE_SHARDS];
+        if let Some(hit) = shard.lock().unwrap_or_else(|e| e.into_inner()).get(sql) {
+            return Arc::clone(hit);
+        }
+        let fresh = Arc::new(self.classify_uncached(sql));
+        shard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .put(sql.to_string(), Arc::clone(&fresh));
+        fresh
+    }
+
+    /// Classify without touching the cache.
+    pub fn classify_uncached(&self, sql: &str) -> Classified {
+        let unclassified = || Classified {
+            statements: vec![Statement::unclassified()],
+        };
+        let Ok(parsed) = pg_query::parse(sql, 0) else {
+            return unclassified();
+        };
+        let mut statements = Vec::with_capacity(parsed.protobuf.stmts.len());
+        for raw in &parsed.protobuf.stmts {
+            let Some(node) = raw.stmt.as_ref().and_then(|n| n.node.as_ref()) else {
+                return unclassified();
+            };
+            let Ok(image) = serde_json::to_value(node) else {
+                return unclassified();
+            };
+            statements.push(self.statement(&image));
+        }
+        Classified { statements }
+    }
+
+    /// A startup-packet setting (`-c name=value` or an extra startup parameter),
+    /// classified exactly like `SET "name" = 'value'`.
+    pub fn classify_setting(&self, name: &str, value: &str) -> Statement {
+        let sql = format!(
+            "SET \"{}\" = '{}'",
+            name.replace('"', "\"\""),
+            value.replace('\'', "''")
+        );
+        let mut classified = self.classify_uncached(&sql);
+        match classified.statements.len() {
+            1 => classified.statements.remove(0),
+            _ => Statement::unclassified(),
+        }
+    }
+
+    fn is_ledger(&self, table: &str) -> bool {
+        let unqualified = table.rsplit('.').next().unwrap_or(table);
+        self.ledger.iter().any(|l| {
+            if l.contains('.') {
+                table == l || table.ends_with(&format!(".{l}"))
+            } else {
+                unqualified == l
+            }
+        })
+    }
+
+    /// Classify one top-level statement image (`{"SelectStmt": {…}}`).
+    fn statement(&self, image: &Value) -> Statement {
+        let mut acc = Acc::new(&self.funcs);
+        let meta = self.dispatch(image, &mut acc);
+        let ledger_only_write = acc.class == Write
+            && !acc.tables.is_empty()
+            && acc.tables.iter().all(|t| self.is_ledger(t));
+        Statement {
+            class: acc.class,
+            tables_written: acc.tables,
+            ledger_only_write,
+            makes_writable: acc.makes_writable,
+            tx: meta.tx,
+            prepare_name: meta.prepare_name,
+            execute_name: meta.execute_name,
+            deallocate: meta.deallocate,
+            summary: acc.summary,
+        }
+    }
+
+    /// Note the base class of the node and walk what it executes.
+    fn dispatch(&self, image: &Value, acc: &mut Acc<'_>) -> Meta {
+        let mut meta = Meta::default();
+        let Some((kind, body)) = image.as_object().and_then(|m| m.iter().next()) else {
+            acc.note(Privileged, "statement of unknown shape");
+            return meta;
+        };
+        let kind = kind.as_str();
+        let str_of = |key: &str| {
+            body.get(key)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        let int_of = |key: &str| body.get(key).and_then(Value::as_i64).unwrap_or(0);
+        let flag = |key: &str| body.get(key).and_then(Value::as_bool).unwrap_or(false);
+        match kind {
+            "SelectStmt" => {
+                let values = body
+                    .get("values_lists")
+                    .and_then(Value::as_array)
+                    .is_some_and(|v| !v.is_empty());
+                acc.note(Read, if values { "VALUES" } else { "SELECT" });
+                walk::walk(body, acc);
+            }
+            "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" => {
+                acc.note(Write, kind.trim_end_matches("Stmt").to_ascii_uppercase());
+                if let Some(name) = body.get("relation").and_then(range_var_name) {
+                    acc.add_table(name);
+                }
+                walk::walk(body, acc);
+            }
+            "ExplainStmt" => {
+                acc.note(Read, "EXPLAIN");
+                if explain_analyzes(body) {
+                    acc.summary = "EXPLAIN ANALYZE".to_string();
+                    if let Some(inner) = body.pointer("/query/node") {
+                        meta = self.dispatch(inner, acc);
+                        meta.tx = None;
+                        if acc.class != Read {
+                            acc.summary = format!("EXPLAIN ANALYZE {}", acc.summary);
+                        }
+                    }
+                }
+            }
+            "CopyStmt" => {
+                if flag("is_program") {
+                    acc.note(Privileged, "COPY ... PROGRAM");
+                } else if !str_of("filename").is_empty() {
+                    acc.note(Privileged, "COPY to or from a server file");
+                } else if flag("is_from") {
+                    acc.note(Write, "COPY ... FROM STDIN");
+                    if let Some(name) = body.get("relation").and_then(range_var_name) {
+                        acc.add_table(name);
+                    }
+                } else {
+                    acc.note(Read, "COPY ... TO STDOUT");
+                }
+                walk::walk(body, acc);
+            }
+            "CreateTableAsStmt" => {
+                let what = if flag("is_select_into") {
+                    "SELECT ... INTO"
+                } else if int_of("objtype") == ObjectType::ObjectMatview as i64 {
+                    "CREATE MATERIALIZED VIEW"
+                } else {
+                    "CREATE TABLE AS"
+                };
+                acc.note(Ddl, what);
+                walk::walk(body, acc);
+            }
+            "VacuumStmt" => {
+                acc.note(
+                    Maintenance,
+                    if flag("is_vacuumcmd") {
+                        "VACUUM"
+                    } else {
+                        "ANALYZE"
+                    },
+                );
+            }
+            "ClusterStmt" => acc.note(Maintenance, "CLUSTER"),
+            "ReindexStmt" => acc.note(Maintenance, "REINDEX"),
+            "TransactionStmt" => meta.tx = Some(transaction(body, acc)),
+            "VariableSetStmt" => {
+                let outcome = settings::variable_set(body);
+                acc.makes_writable |= outcome.makes_writable;
+                if outcome.class == Transaction {
+                    meta.tx = Some(TxControl::Other);
+                }
+                acc.note(outcome.class, outcome.summary);
+            }
+            "VariableShowStmt" => acc.note(Read, "SHOW"),
+            "ConstraintsSetStmt" => {
+                meta.tx = Some(TxControl::Other);
+                acc.note(Transaction, "SET CONSTRAINTS");
+            }
+            "DiscardStmt" => {
+                let target = int_of("target");
+                acc.makes_writable |= target == 1;
+                let what = match target {
+                    1 => "DISCARD ALL",
+                    2 => "DISCARD PLANS",
+                    3 => "DISCARD SEQUENCES",
+                    _ => "DISCARD TEMP",
+                };
+                acc.note(Session, what);
+            }
+            "DeallocateStmt" => {
+                meta.deallocate = Some(if flag("isall") {
+                    None
+                } else {
+                    Some(str_of("name"))
+                });
+                acc.note(Session, "DEALLOCATE");
+            }
+            "ListenStmt" => acc.note(Session, "LISTEN"),
+            "UnlistenStmt" => acc.note(Session, "UNLISTEN"),
+            "NotifyStmt" => acc.note(Write, "NOTIFY"),
+            "LockStmt" | "TruncateStmt" => {
+                acc.note(
+                    Write,
+                    if kind == "LockStmt" {
+                        "LOCK"
+                    } else {
+                        "TRUNCATE"
+                    },
+                );
+                let mut names = Vec::new();
+                if let Some(rels) = body.get("relations") {
+                    walk::collect_range_vars(rels, &mut names);
+                }
+                names.into_iter().for_each(|n| acc.add_table(n));
+            }
+            "CallStmt" => {
+                acc.note(Write, "CALL");
+                walk::walk(body, acc);
+            }
+            "DeclareCursorStmt" => {
+                acc.note(Read, "DECLARE CURSOR");
+                walk::walk(body, acc);
+            }
+            "FetchStmt" => acc.note(Read, if flag("ismove") { "MOVE" } else { "FETCH" }),
+            "ClosePortalStmt" => acc.note(Read, "CLOSE"),
+            "PrepareStmt" => {
+                match body.pointer("/query/node") {
+                    Some(inner) => {
+                        meta = self.dispatch(inner, acc);
+                        walk::walk(body.get("argtypes").unwrap_or(&Value::Null), acc);
+                    }
+                    None => acc.note(Privileged, "PREPARE without a body"),
+                }
+                meta.prepare_name = Some(str_of("name"));
+            }
+            "ExecuteStmt" => {
+                acc.note(Session, "EXECUTE");
+                meta.execute_name = Some(str_of("name"));
+                walk::walk(body, acc);
+            }
+            "GrantStmt" => {
+                let verb = if flag("is_grant") { "GRANT" } else { "REVOKE" };
+                if int_of("objtype") == ObjectType::ObjectParameterAcl as i64 {
+                    acc.note(Privileged, format!("{verb} ON PARAMETER"));
+                } else {
+                    acc.note(Ddl, verb);
+                }
+            }
+            "DropStmt" => object_stmt(acc, ("DROP ", ""), int_of("remove_type")),
+            "RenameStmt" => object_stmt(acc, ("ALTER ", " ... RENAME"), int_of("rename_type")),
+            "AlterOwnerStmt" => {
+                object_stmt(acc, ("ALTER ", " ... OWNER TO"), int_of("object_type"))
+            }
+            "AlterObjectSchemaStmt" => {
+                object_stmt(acc, ("ALTER ", " ... SET SCHEMA"), int_of("object_type"))
+            }
+            _ => {
+                if let Some((_, what)) = PRIVILEGED_STMTS.iter().find(|(k, _)| *k == kind) {
+                    acc.note(Privileged, *what);
+                } else if let Some((_, what)) = DDL_STMTS.iter().find(|(k, _)| *k == kind) {
+                    acc.note(Ddl, *what);
+                    walk::walk(body, acc);
+                } else {
+                    // A node this classifier does not know: fail closed.
+                    acc.note(Privileged, format!("unsupported statement {kind}"));
+                }
+            }
+        }
+        meta
+    }
+}
+
+/// `DROP`/`ALTER … RENAME`/`… OWNER TO`/`… SET SCHEMA` of an object type.
+fn object_stmt(acc: &mut Acc<'_>, verb: (&str, &str), object_type: i64) {
+    let ty = ObjectType::try_from(object_type as i32).unwrap_or(ObjectType::Undefined);
+    let name = ty
+        .as_str_name()
+        .trim_start_matches("OBJECT_")
+        .replace('_', " ");
+    let summary = format!("{}{name}{}", verb.0, verb.1);
+    if PRIVILEGED_OBJECTS.contains(&ty) || ty == ObjectType::Undefined {
+        acc.note(Privileged, summary);
+    } else {
+        acc.note(Ddl, summary);
+    }
+}
+
+/// Whether EXPLAIN options include ANALYZE not clearly switched off (it then runs
+/// the statement).
+fn explain_analyzes(body: &Value) -> bool {
+    let Some(options) = body.get("options").and_then(Value::as_array) else {
+        return false;
+    };
+    options.iter().any(|o| {
+        let Some(def) = o.pointer("/node/DefElem") else {
+            return false;
+        };
+        if def.get("defname").and_then(Value::as_str) != Some("analyze") {
+            return false;
+        }
+        match def.get("arg").and_then(literal) {
+            None => true,
+            Some(Literal::Bool(b)) => b,
+            Some(Literal::Int(i)) => i != 0,
+            Some(Literal::Str(s)) => !matches!(
+                s.to_ascii_lowercase().as_str(),
+                "f" | "fa" | "fal" | "fals" | "false" | "n" | "no" | "of" | "off" | "0"
+            ),
+            Some(_) => true,
+        }
+    })
+}
+
+/// BEGIN/START/COMMIT/ROLLBACK/SAVEPOINT/RELEASE/PREPARE TRANSACTION/….
+fn transaction(body: &Value, acc: &mut Acc<'_>) -> TxControl {
+    let kind = body.get("kind").and_then(Value::as_i64).unwrap_or(0);
+    let (tx, what) = match kind {
+        1 | 2 => (TxControl::Begin, "BEGIN"),
+        3 => (TxControl::Commit, "COMMIT"),
+        4 => (TxControl::Rollback, "ROLLBACK"),
+        5 => (TxControl::Savepoint, "SAVEPOINT"),
+        6 => (TxControl::Release, "RELEASE"),
+        7 => (TxControl::RollbackToSavepoint, "ROLLBACK TO SAVEPOINT"),
+        8 => {
+            acc.note(Privileged, "PREPARE TRANSACTION");
+            return TxControl::PrepareTransaction;
+        }
+        9 | 10 => {
+            let what = if kind == 9 {
+                "COMMIT PREPARED"
+            } else {
+                "ROLLBACK PREPARED"
+            };
+            acc.note(Privileged, what);
+            return TxControl::Other;
+        }
+        _ => {
+            acc.note(Privileged, "unknown transaction statement");
+            return TxControl::Other;
+        }
+    };
+    if tx == TxControl::Begin && modes_make_writable(body.get("options").unwrap_or(&Value::Null)) {
+        acc.makes_writable = true;
+        acc.note(Transaction, "BEGIN READ WRITE");
+    } else {
+        acc.note(Transaction, what);
+    }
+    tx
+}
+
+/// Normalized text for slow-query logs and redacted audit: literals replaced by
+/// `$n`, comments kept out. Unparseable text gives a placeholder, never the raw text.
+pub fn normalize(sql: &str) -> String {
+    const PLACEHOLDER: &str = "<unparseable statement>";
+    if pg_query::parse(sql, 0).is_err() {
+        return PLACEHOLDER.to_string();
+    }
+    pg_query::normalize(sql).unwrap_or_else(|_| PLACEHOLDER.to_string())
+}

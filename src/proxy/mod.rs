@@ -1,0 +1,18 @@
+//! The proxy: listeners, sessions and the relay.
+//!
+//! Data flows one way: `listener` accepts → `session` runs the phases
+//! (startup, `client_auth`, `admission`, `upstream`) → `relay` moves
+//! messages, with `inbound` deciding on the way in, `tracker` keeping
+//! responses in order and `observe_hooks` recording what happened.
+
+pub mod admission;
+pub mod cancel;
+pub mod client_auth;
+pub mod inbound;
+pub mod listener;
+pub mod observe_hooks;
+pub mod relay;
+pub mod session;
+pub mod stream;
+pub mod tracker;
+pub mod upstream;

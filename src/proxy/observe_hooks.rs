@@ -1,0 +1,190 @@
+//! The session's link to observability and audit: metrics handles resolved
+//! once per session, slow-query events, migration outcomes, and audit
+//! records for statements (production tier and break-glass sessions: all;
+//! elsewhere: denied, ddl and privileged).
+//!
+//! Owns: turning tracker completions and policy denials into metrics, log
+//! events and audit records. Must never: put an identity or statement text
+//! into a metric label.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::audit::{AuditRecord, EventKind, Outcome};
+use crate::observe::labels::{ClassLabel, LockErrorCode, MigrationOutcome, QueryOutcome};
+use crate::observe::metrics::SessionMetrics;
+use crate::policy::{normalize, Denial, Statement, StatementClass, Tier};
+use crate::shared::{EnvRuntime, Runtime, Shared};
+
+use super::admission::Admitted;
+use super::tracker::{Completed, MigrationEnd, Tracker};
+
+/// Map a policy class to its metric label.
+pub fn class_label(c: StatementClass) -> ClassLabel {
+    match c {
+        StatementClass::Read => ClassLabel::Read,
+        StatementClass::Write => ClassLabel::Write,
+        StatementClass::Ddl => ClassLabel::Ddl,
+        StatementClass::Maintenance => ClassLabel::Maintenance,
+        StatementClass::Transaction => ClassLabel::Transaction,
+        StatementClass::Session => ClassLabel::Session,
+        StatementClass::Privileged => ClassLabel::Privileged,
+        StatementClass::Unclassified => ClassLabel::Unclassified,
+    }
+}
+
+/// Per-session observability.
+pub struct Observer<'a> {
+    adm: &'a Admitted,
+    env: &'a EnvRuntime,
+    shared: &'a Shared,
+    metrics: SessionMetrics,
+    slow: Duration,
+    audit_all: bool,
+    redact: bool,
+    pid: i32,
+}
+
+impl<'a> Observer<'a> {
+    /// Resolve this session's handles.
+    pub fn new(
+        adm: &'a Admitted,
+        env: &'a EnvRuntime,
+        rt: &'a Runtime,
+        shared: &'a Shared,
+        pid: i32,
+    ) -> Self {
+        Observer {
+            adm,
+            env,
+            shared,
+            metrics: shared.metrics.session(&env.name, &adm.login.role),
+            slow: Duration::from_millis(env.cfg.slow_query_ms),
+            audit_all: env.tier() == Tier::Production || adm.break_glass,
+            redact: rt
+                .config
+                .audit
+                .as_ref()
+                .map(|a| a.redact_literals)
+                .unwrap_or(false),
+            pid,
+        }
+    }
+
+    fn record(&self, class: StatementClass, outcome: Outcome, text: &str) -> AuditRecord {
+        let mut r = AuditRecord::new(
+            EventKind::Statement,
+            &*self.env.name,
+            &self.adm.login.identity,
+            outcome,
+        );
+        r.role = Some(self.adm.login.role.clone());
+        r.level = Some(self.adm.login.level.as_str().to_string());
+        r.class = Some(class.as_str().to_string());
+        r.statement = Some(if self.redact {
+            normalize(text)
+        } else {
+            text.to_string()
+        });
+        if let Some(t) = &self.adm.token {
+            r.token_id = Some(t.id.clone());
+            r.token_reason = t.reason.clone();
+        }
+        r
+    }
+
+    fn must_audit(&self, class: StatementClass) -> bool {
+        self.audit_all || matches!(class, StatementClass::Ddl | StatementClass::Privileged)
+    }
+
+    /// A statement was denied by the policy.
+    pub fn denied(&self, class: StatementClass, d: &Denial, text: &str) {
+        self.metrics.record_denied(class_label(class));
+        tracing::info!(
+            env = %self.env.name,
+            role = %self.adm.login.role,
+            identity = %self.adm.login.identity,
+            class = class.as_str(),
+            reason = %d.message,
+            "statement denied"
+        );
+        if let Some(a) = &self.shared.audit {
+            let mut r = self.record(class, Outcome::Denied, text);
+            r.detail = Some(d.message.clone());
+            let _ = a.log(r);
+        }
+    }
+
+    /// Statements are being sent upstream (nothing to record until they
+    /// complete; kept as a hook for the promotion gate).
+    pub fn allowed(&self, _stmts: &[Statement], _text: &str) {}
+
+    /// Record everything the tracker finished since the last call.
+    pub fn drain(&self, tracker: &Mutex<Tracker>) {
+        let (done, migs) = match tracker.lock() {
+            Ok(mut t) => (
+                std::mem::take(&mut t.completed),
+                std::mem::take(&mut t.migrations_ended),
+            ),
+            Err(_) => return,
+        };
+        for c in &done {
+            self.completed(c);
+        }
+        for m in migs {
+            let outcome = match m {
+                MigrationEnd::Applied => MigrationOutcome::Applied,
+                MigrationEnd::Failed => MigrationOutcome::Failed,
+            };
+            self.shared.metrics.migration(&self.env.name, outcome);
+            tracing::info!(
+                env = %self.env.name,
+                role = %self.adm.login.role,
+                identity = %self.adm.login.identity,
+                outcome = ?m,
+                "migration finished"
+            );
+        }
+    }
+
+    fn completed(&self, c: &Completed) {
+        let outcome = if c.error.is_some() {
+            QueryOutcome::Error
+        } else {
+            QueryOutcome::Ok
+        };
+        let class = c.stmt.class;
+        let slow =
+            self.metrics
+                .record_statement(class_label(class), outcome, c.duration, self.slow);
+        if let Some(code) = c.error.as_deref().and_then(LockErrorCode::from_sqlstate) {
+            self.metrics.record_lock_error(code);
+        }
+        if slow {
+            tracing::warn!(
+                target: "tierwarden::slow_query",
+                env = %self.env.name,
+                role = %self.adm.login.role,
+                identity = %self.adm.login.identity,
+                duration_ms = c.duration.as_secs_f64() * 1000.0,
+                fingerprint = %normalize(&c.stmt.text),
+                backend_pid = self.pid,
+                "slow query"
+            );
+        }
+        if self.must_audit(class) {
+            if let Some(a) = &self.shared.audit {
+                let o = if c.error.is_some() {
+                    Outcome::Error
+                } else {
+                    Outcome::Ok
+                };
+                let mut r = self
+                    .record(class, o, &c.stmt.text)
+                    .with_duration(c.duration);
+                r.detail = c.error.clone();
+                let _ = a.log(r);
+            }
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! The relay: every message both ways, with policy on the way in.
+//!
+//! Owns: the two directions of an established session. Client → upstream
+//! classifies Query/Parse/Bind/Execute and decides; denied statements are
+//! never sent (a harmless failing message takes their place, see
+//! `tracker`). Upstream → client streams everything (DataRow and CopyData
+//! are forwarded as they arrive, never buffered whole) and finishes
+//! bookkeeping at each completion. Must never: re-encode forwarded bytes,
+//! or write to a socket from two places.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio_util::sync::CancellationToken;
+
+use super::admission::Admitted;
+use super::inbound::Inbound;
+use super::observe_hooks::Observer;
+use super::stream::{ClientStream, UpstreamStream};
+use super::tracker::{Action, Tracker};
+use super::upstream::Upstream;
+use crate::protocol::encode::{self, Severity};
+use crate::protocol::frame::{self, FrameError};
+use crate::protocol::sqlstate;
+use crate::shared::{EnvRuntime, LiveSession, Runtime, Shared};
+
+/// Why a session ended.
+#[derive(Debug)]
+pub enum RelayEnd {
+    /// The client sent Terminate or closed the connection.
+    ClientClosed,
+    /// The upstream closed the connection or failed.
+    UpstreamLost(String),
+    /// The proxy ended it (reload, token expiry, shutdown, idle timeout).
+    Killed(String),
+    /// The client broke the protocol.
+    Protocol(String),
+}
+
+impl fmt::Display for RelayEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RelayEnd::ClientClosed => write!(f, "client closed the session"),
+            RelayEnd::UpstreamLost(e) => write!(f, "upstream connection lost: {e}"),
+            RelayEnd::Killed(r) => write!(f, "closed by the proxy: {r}"),
+            RelayEnd::Protocol(e) => write!(f, "protocol violation: {e}"),
+        }
+    }
+}
+
+const READ_BUF: usize = 64 * 1024;
+
+/// Run an established session until it ends.
+pub async fn run(
+    client: ClientStream,
+    up: Upstream,
+    adm: &Admitted,
+    env: &Arc<EnvRuntime>,
+    rt: &Arc<Runtime>,
+    shared: &Arc<Shared>,
+) -> RelayEnd {
+    let kill = CancellationToken::new();
+    let reason = Arc::new(Mutex::new(None));
+    let live_key = (Arc::clone(&env.name), up.pid);
+    shared.sessions.insert(
+        live_key.clone(),
+        LiveSession {
+            identity: adm.login.identity.clone(),
+            role: adm.login.role.clone(),
+            kill: kill.clone(),
+            reason: Arc::clone(&reason),
+        },
+    );
+    let tracker = Mutex::new(Tracker::new(
+        adm.migrations_role || adm.login.level == crate::policy::Level::Migrate,
+    ));
+    let observer = Observer::new(adm, env, rt, shared, up.pid);
+    let (cr, cw) = tokio::io::split(client);
+    let (ur, uw) = tokio::io::split(up.stream);
+    let mut inbound = Inbound::new(adm, env, rt, shared, &observer);
+    inbound.set_kill(kill.clone(), Arc::clone(&reason));
+    let expiry = adm.expires.map(|t| {
+        let (kill, reason) = (kill.clone(), Arc::clone(&reason));
+        let left = t
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        AbortOnDrop(tokio::spawn(async move {
+            tokio::time::sleep(left).await;
+            if let Ok(mut r) = reason.lock() {
+                *r = Some("the access token of this session expired".into());
+            }
+            kill.cancel();
+        }))
+    });
+    let end = tokio::select! {
+        e = client_to_upstream(cr, uw, &tracker, &mut inbound) => e,
+        e = upstream_to_client(ur, cw, &tracker, &observer, &kill, &reason, shared) => e,
+    };
+    drop(expiry);
+    observer.drain(&tracker);
+    shared.sessions.remove(&live_key);
+    end
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn client_to_upstream(
+    mut cr: ReadHalf<ClientStream>,
+    mut uw: WriteHalf<UpstreamStream>,
+    tracker: &Mutex<Tracker>,
+    inbound: &mut Inbound<'_>,
+) -> RelayEnd {
+    let mut buf = BytesMut::with_capacity(READ_BUF);
+    let mut out = BytesMut::with_capacity(READ_BUF);
+    let mut passthrough = 0usize;
+    loop {
+        match inbound.read(&mut cr, &mut buf, tracker).await {
+            Ok(0) => return RelayEnd::ClientClosed,
+            Ok(_) => {}
+            Err(e) => return e,
+        }
+        loop {
+            if passthrough > 0 {
+                let n = passthrough.min(buf.len());
+                out.extend_from_slice(&buf.split_to(n));
+                passthrough -= n;
+                if buf.is_empty() {
+                    break;
+                }
+                continue;
+            }
+            let (tag, total) = match frame::peek_header(&buf) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(e) => return RelayEnd::Protocol(e.to_string()),
+            };
+            if tag == b'd' && total > buf.len() {
+                // Large CopyData: stream it.
+                passthrough = total - buf.len();
+                out.extend_from_slice(&buf.split());
+                break;
+            }
+            if total > buf.len() {
+                buf.reserve(total - buf.len());
+                break;
+            }
+            let f = frame::Frame {
+                tag,
+                bytes: buf.split_to(total).freeze(),
+            };
+            match inbound.handle(f, &mut out, tracker) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let _ = uw.write_all(&out).await;
+                    return RelayEnd::ClientClosed;
+                }
+                Err(e) => return e,
+            }
+        }
+        if !out.is_empty() {
+            if let Err(e) = uw.write_all(&out).await {
+                return RelayEnd::UpstreamLost(e.to_string());
+            }
+            out.clear();
+        }
+    }
+}
+
+/// Tags whose full frame the proxy reads (everything else streams through).
+fn inspected(tag: u8) -> bool {
+    matches!(
+        tag,
+        b'Z' | b'E' | b'C' | b'I' | b's' | b'1' | b'2' | b'3' | b'n' | b'T'
+    )
+}
+
+async fn upstream_to_client(
+    mut ur: ReadHalf<UpstreamStream>,
+    mut cw: WriteHalf<ClientStream>,
+    tracker: &Mutex<Tracker>,
+    observer: &Observer<'_>,
+    kill: &CancellationToken,
+    reason: &Mutex<Option<String>>,
+    shared: &Shared,
+) -> RelayEnd {
+    let mut buf = BytesMut::with_capacity(READ_BUF);
+    let mut out = BytesMut::with_capacity(READ_BUF);
+    let mut passthrough = 0usize;
+    loop {
+        let n = tokio::select! {
+            biased;
+            _ = kill.cancelled() => {
+                let why = reason.lock().ok().and_then(|r| r.clone()).unwrap_or_else(|| "session closed".into());
+                let f = encode::error(Severity::Fatal, sqlstate::ADMIN_SHUTDOWN, &format!("tierwarden: {why}"), None);
+                let _ = cw.write_all(&f).await;
+                return RelayEnd::Killed(why);
+            }
+            _ = shared.shutdown.cancelled(), if tracker.lock().map(|t| t.idle() && t.status == b'I').unwrap_or(true) => {
+                let f = encode::error(Severity::Fatal, sqlstate::ADMIN_SHUTDOWN, "tierwarden: the proxy is shutting down", None);
+                let _ = cw.write_all(&f).await;
+                return RelayEnd::Killed("shutdown".into());
+            }
+            r = ur.read_buf(&mut buf) => r,
+        };
+        match n {
+            Ok(0) | Err(_) => {
+                let why = match n {
+                    Err(e) => e.to_string(),
+                    _ => "upstream closed the connection".into(),
+                };
+                let f = encode::error(
+                    Severity::Fatal,
+                    sqlstate::CONNECTION_FAILURE,
+                    "tierwarden: the upstream database connection was lost",
+                    Some("the session ended; reconnect to start a new one"),
+                );
+                let _ = cw.write_all(&f).await;
+                return RelayEnd::UpstreamLost(why);
+            }
+            Ok(_) => {}
+        }
+        let batch = match scan_backend(&mut buf, &mut out, &mut passthrough, tracker) {
+            Ok(b) => b,
+            Err(e) => return RelayEnd::UpstreamLost(e.to_string()),
+        };
+        if !out.is_empty() {
+            if let Err(e) = cw.write_all(&out).await {
+                return RelayEnd::Protocol(format!("client write failed: {e}"));
+            }
+            out.clear();
+        }
+        if batch {
+            observer.drain(tracker);
+        }
+    }
+}
+
+/// Move complete/streamable backend messages from `buf` to `out`, applying
+/// the tracker's actions. Returns whether bookkeeping is pending.
+fn scan_backend(
+    buf: &mut BytesMut,
+    out: &mut BytesMut,
+    passthrough: &mut usize,
+    tracker: &Mutex<Tracker>,
+) -> Result<bool, FrameError> {
+    let mut guard: Option<std::sync::MutexGuard<'_, Tracker>> = None;
+    let mut pending = false;
+    loop {
+        if *passthrough > 0 {
+            let n = (*passthrough).min(buf.len());
+            out.extend_from_slice(&buf.split_to(n));
+            *passthrough -= n;
+            if buf.is_empty() {
+                break;
+            }
+            continue;
+        }
+        let Some((tag, total)) = frame::peek_header(buf)? else {
+            break;
+        };
+        if !inspected(tag) {
+            let n = total.min(buf.len());
+            out.extend_from_slice(&buf.split_to(n));
+            *passthrough = total - n;
+            continue;
+        }
+        if total > buf.len() {
+            buf.reserve(total - buf.len());
+            break;
+        }
+        let f = buf.split_to(total);
+        let t = match guard.as_mut() {
+            Some(g) => g,
+            None => match tracker.lock() {
+                Ok(g) => guard.insert(g),
+                Err(p) => guard.insert(p.into_inner()),
+            },
+        };
+        match t.on_backend(tag, &f[5..], Instant::now()) {
+            Action::Forward => out.extend_from_slice(&f),
+            Action::Replace(b) => out.extend_from_slice(&b),
+        }
+        pending |= matches!(tag, b'C' | b'E' | b'Z' | b'I' | b's');
+    }
+    Ok(pending)
+}
+
+/// Frame bytes for a denied statement in the simple protocol: the upstream
+/// answers it with a syntax error, which the tracker replaces.
+pub fn injected_query() -> Bytes {
+    let mut b = BytesMut::new();
+    let text = b"tierwarden: denied\0";
+    b.extend_from_slice(b"Q");
+    b.extend_from_slice(&((4 + text.len()) as i32).to_be_bytes());
+    b.extend_from_slice(text);
+    b.freeze()
+}
+
+/// Frame bytes for a denied statement in the extended protocol: a Bind to
+/// a statement name no client may use, which fails without side effects.
+pub fn injected_bind() -> Bytes {
+    let mut body = Vec::new();
+    body.push(0u8); // unnamed portal
+    body.extend_from_slice(RESERVED_NAME);
+    body.push(0);
+    body.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // no formats, no params, no result formats
+    let mut b = BytesMut::new();
+    b.extend_from_slice(b"B");
+    b.extend_from_slice(&((4 + body.len()) as i32).to_be_bytes());
+    b.extend_from_slice(&body);
+    b.freeze()
+}
+
+/// Statement name prefix reserved for the proxy; clients may not use it.
+pub const RESERVED_NAME: &[u8] = b"\x01tierwarden_denied";

@@ -1,0 +1,289 @@
+//! Request/response bookkeeping shared by the two relay directions.
+//!
+//! Owns: the queue of response segments (one per Query, Sync or
+//! FunctionCall: each ends with exactly one ReadyForQuery), the statements
+//! in flight in each, which upstream ErrorResponse must be replaced by a
+//! proxy denial, the transaction status and the migration episode. It is
+//! pure (no IO, the clock is passed in) and returns what the relay must do
+//! and what observe/audit must record.
+//!
+//! Why substitution: a denied statement is never sent; the proxy sends a
+//! harmless message that makes the upstream raise an error instead, and
+//! replaces that error with the denial. The upstream therefore keeps the
+//! exact transaction semantics of a server error (ReadyForQuery 'E', a later
+//! COMMIT rolls back, extended protocol skips to Sync) and pipelined
+//! responses stay in order.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::policy::StatementClass;
+
+/// A statement sent upstream whose completion is awaited.
+#[derive(Debug, Clone)]
+pub struct InFlight {
+    /// Its class.
+    pub class: StatementClass,
+    /// The message text it came from (for slow logs and audit).
+    pub text: Arc<str>,
+    /// When it was sent.
+    pub sent: Instant,
+}
+
+/// A finished statement, for metrics, slow log and audit.
+#[derive(Debug, Clone)]
+pub struct Completed {
+    /// The statement.
+    pub stmt: InFlight,
+    /// Time from send (or the previous completion) to completion.
+    pub duration: Duration,
+    /// SQLSTATE when it failed.
+    pub error: Option<String>,
+}
+
+/// A migration episode that ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MigrationEnd {
+    /// Committed.
+    Applied,
+    /// Errored or rolled back.
+    Failed,
+}
+
+#[derive(Debug, Default)]
+struct Segment {
+    extended: bool,
+    open: bool,
+    /// Extended messages forwarded so far (each yields one terminal response).
+    sent_msgs: usize,
+    /// Terminal responses seen so far.
+    seen_terminals: usize,
+    /// Denial to substitute: (terminal index, error frame).
+    denial: Option<(usize, Bytes)>,
+    stmts: VecDeque<InFlight>,
+    errored: bool,
+}
+
+/// What the upstream→client side must do with one backend message.
+#[derive(Debug)]
+pub enum Action {
+    /// Forward the original bytes.
+    Forward,
+    /// Send this frame instead.
+    Replace(Bytes),
+}
+
+/// Shared state of one session's relay.
+#[derive(Debug)]
+pub struct Tracker {
+    segments: VecDeque<Segment>,
+    /// Last ReadyForQuery status seen from upstream.
+    pub status: u8,
+    migrations: bool,
+    mig_ddl: bool,
+    mig_error: bool,
+    last_tag: Vec<u8>,
+    last_mark: Option<Instant>,
+    /// Statements finished since the relay last drained them.
+    pub completed: Vec<Completed>,
+    /// Migration episodes finished since the relay last drained them.
+    pub migrations_ended: Vec<MigrationEnd>,
+}
+
+impl Tracker {
+    /// A tracker for a session; `migrations` when ddl transactions of this
+    /// session are migrations (migrate level or a `migrations = true` role).
+    pub fn new(migrations: bool) -> Self {
+        Tracker {
+            segments: VecDeque::new(),
+            status: b'I',
+            migrations,
+            mig_ddl: false,
+            mig_error: false,
+            last_tag: Vec::new(),
+            last_mark: None,
+            completed: Vec::new(),
+            migrations_ended: Vec::new(),
+        }
+    }
+
+    fn open_extended(&mut self) -> &mut Segment {
+        let needs_new = !matches!(self.segments.back(), Some(s) if s.open);
+        if needs_new {
+            self.segments.push_back(Segment {
+                extended: true,
+                open: true,
+                ..Segment::default()
+            });
+        }
+        // just pushed or checked above
+        let last = self.segments.len() - 1;
+        &mut self.segments[last]
+    }
+
+    /// A simple Query (or FunctionCall) is being forwarded with these
+    /// statements; `denial` when the proxy replaced it.
+    pub fn simple(&mut self, stmts: Vec<InFlight>, denial: Option<Bytes>) {
+        if let Some(s) = self.segments.back_mut().filter(|s| s.open) {
+            // A Query after unsynced extended messages closes their segment.
+            s.open = false;
+            s.stmts.extend(stmts);
+            if s.denial.is_none() {
+                s.denial = denial.map(|d| (s.sent_msgs, d));
+            }
+            return;
+        }
+        self.segments.push_back(Segment {
+            extended: false,
+            open: false,
+            denial: denial.map(|d| (0, d)),
+            stmts: stmts.into(),
+            ..Segment::default()
+        });
+    }
+
+    /// An extended-protocol message that yields one terminal response
+    /// (Parse, Bind, Describe, Close, Execute) is being forwarded.
+    pub fn extended(&mut self, stmt: Option<InFlight>) {
+        let s = self.open_extended();
+        s.sent_msgs += 1;
+        if let Some(st) = stmt {
+            s.stmts.push_back(st);
+        }
+    }
+
+    /// An extended-protocol denial: the proxy forwards a message that fails
+    /// in its place; the error is replaced by `error`.
+    pub fn extended_denial(&mut self, error: Bytes) {
+        let s = self.open_extended();
+        if s.denial.is_none() {
+            s.denial = Some((s.sent_msgs, error));
+        }
+        s.sent_msgs += 1;
+    }
+
+    /// Whether the open extended segment already holds a denial (the proxy
+    /// then skips client messages until Sync, as PostgreSQL does).
+    pub fn skipping(&self) -> bool {
+        matches!(self.segments.back(), Some(s) if s.open && s.denial.is_some())
+    }
+
+    /// A Sync is being forwarded.
+    pub fn sync(&mut self) {
+        let s = self.open_extended();
+        s.open = false;
+    }
+
+    /// Handle one backend message (`body` excludes the 5-byte header).
+    pub fn on_backend(&mut self, tag: u8, body: &[u8], now: Instant) -> Action {
+        match tag {
+            b'1' | b'2' | b'3' | b'n' | b'T' => self.terminal(),
+            b'C' | b'I' | b's' => {
+                self.terminal();
+                if tag == b'C' {
+                    self.last_tag.clear();
+                    self.last_tag
+                        .extend(body.iter().take_while(|b| **b != 0 && **b != b' '));
+                }
+                self.complete(now, None);
+            }
+            b'E' => return self.error(body, now),
+            b'Z' => self.ready(body.first().copied().unwrap_or(b'I')),
+            _ => {}
+        }
+        Action::Forward
+    }
+
+    fn terminal(&mut self) {
+        if let Some(s) = self.segments.front_mut() {
+            if s.extended {
+                s.seen_terminals += 1;
+            }
+        }
+    }
+
+    fn complete(&mut self, now: Instant, error: Option<String>) {
+        let Some(seg) = self.segments.front_mut() else {
+            return;
+        };
+        if let Some(stmt) = seg.stmts.pop_front() {
+            let start = match self.last_mark {
+                Some(m) if m > stmt.sent => m,
+                _ => stmt.sent,
+            };
+            if self.migrations && stmt.class == StatementClass::Ddl {
+                self.mig_ddl = true;
+            }
+            self.completed.push(Completed {
+                duration: now.saturating_duration_since(start),
+                stmt,
+                error,
+            });
+            self.last_mark = Some(now);
+        }
+    }
+
+    fn error(&mut self, body: &[u8], now: Instant) -> Action {
+        self.mig_error = true;
+        let Some(seg) = self.segments.front_mut() else {
+            return Action::Forward;
+        };
+        seg.errored = true;
+        if let Some((k, _)) = &seg.denial {
+            if !seg.extended || *k == seg.seen_terminals {
+                if let Some((_, frame)) = seg.denial.take() {
+                    seg.stmts.clear();
+                    return Action::Replace(frame);
+                }
+            }
+        }
+        let code = crate::protocol::messages::error_fields(body)
+            .map(|e| e.code)
+            .unwrap_or_default();
+        self.complete(now, Some(code));
+        if let Some(seg) = self.segments.front_mut() {
+            // The rest of the message (simple) or up to Sync (extended) is skipped.
+            seg.stmts.clear();
+        }
+        Action::Forward
+    }
+
+    /// A migration transaction containing a denied ddl statement fails.
+    pub fn note_denied_ddl(&mut self) {
+        if self.migrations {
+            self.mig_ddl = true;
+            self.mig_error = true;
+        }
+    }
+
+    fn ready(&mut self, status: u8) {
+        self.segments.pop_front();
+        self.status = status;
+        self.last_mark = None;
+        if status == b'I' {
+            if self.mig_ddl {
+                let committed = self.last_tag == b"COMMIT" || !self.mig_error;
+                let rolled_back = self.last_tag == b"ROLLBACK";
+                self.migrations_ended.push(if committed && !rolled_back {
+                    MigrationEnd::Applied
+                } else {
+                    MigrationEnd::Failed
+                });
+            }
+            self.mig_ddl = false;
+            self.mig_error = false;
+        }
+    }
+
+    /// Whether every sent request has been answered.
+    pub fn idle(&self) -> bool {
+        self.segments.is_empty()
+    }
+}
+
+#[cfg(test)]
+#[path = "tracker_tests.rs"]
+mod tests;
