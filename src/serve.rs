@@ -243,6 +243,13 @@ impl Server {
         self.shutdown().await
     }
 
+    /// Serve until `stop` is cancelled (no signal handling: for embedding
+    /// and tests), then drain.
+    pub async fn serve_until(self, stop: CancellationToken) {
+        stop.cancelled().await;
+        self.shutdown().await
+    }
+
     /// Stop accepting, let sessions finish (up to the grace period), close
     /// the rest, flush the audit log.
     pub async fn shutdown(self) {

@@ -20,152 +20,18 @@ use pg_query::protobuf::ObjectType;
 use serde_json::Value;
 
 use super::functions::FunctionTable;
+use super::kinds::{DDL_STMTS, DEFAULT_LEDGER_TABLES, PRIVILEGED_OBJECTS, PRIVILEGED_STMTS};
 use super::settings::{self, modes_make_writable};
 use super::walk::{self, literal, range_var_name, Acc, Literal};
 use super::{Classified, PolicyExtensions, Statement, StatementClass, TxControl};
 
 use StatementClass::{Ddl, Maintenance, Privileged, Read, Session, Transaction, Write};
 
-/// Default migration-ledger tables (SPEC §4), matched case-insensitively on the
-/// unqualified name in any schema.
-pub const DEFAULT_LEDGER_TABLES: &[&str] = &[
-    "schema_migrations",
-    "ar_internal_metadata",
-    "_sqlx_migrations",
-    "alembic_version",
-    "django_migrations",
-    "flyway_schema_history",
-    "schema_version",
-    "refinery_schema_history",
-    "__diesel_schema_migrations",
-    "goose_db_version",
-    "knex_migrations",
-    "knex_migrations_lock",
-    "__drizzle_migrations",
-    "pgmigrations",
-    "_prisma_migrations",
-    "databasechangelog",
-    "databasechangeloglock",
-    "__efmigrationshistory",
-    "sequelizemeta",
-    "atlas_schema_revisions",
-];
-
 const CACHE_SHARDS: usize = 8;
 const CACHE_ENTRIES_PER_SHARD: usize = 512;
 /// Texts longer than this are classified but not cached (bounds cache memory to
 /// about 4096 × 8 KiB).
 const CACHE_MAX_TEXT: usize = 8 * 1024;
-
-/// Objects whose creation, change or removal is privileged whatever the verb.
-const PRIVILEGED_OBJECTS: &[ObjectType] = &[
-    ObjectType::ObjectDatabase,
-    ObjectType::ObjectRole,
-    ObjectType::ObjectTablespace,
-    ObjectType::ObjectExtension,
-    ObjectType::ObjectFdw,
-    ObjectType::ObjectForeignServer,
-    ObjectType::ObjectEventTrigger,
-    ObjectType::ObjectLanguage,
-    ObjectType::ObjectAccessMethod,
-    ObjectType::ObjectPublication,
-    ObjectType::ObjectSubscription,
-    ObjectType::ObjectParameterAcl,
-    ObjectType::ObjectUserMapping,
-];
-
-/// Statements that are privileged by their kind alone.
-const PRIVILEGED_STMTS: &[(&str, &str)] = &[
-    ("DoStmt", "DO block"),
-    ("LoadStmt", "LOAD"),
-    ("AlterSystemStmt", "ALTER SYSTEM"),
-    ("CheckPointStmt", "CHECKPOINT"),
-    ("CreateRoleStmt", "CREATE ROLE"),
-    ("AlterRoleStmt", "ALTER ROLE"),
-    ("AlterRoleSetStmt", "ALTER ROLE SET"),
-    ("DropRoleStmt", "DROP ROLE"),
-    ("GrantRoleStmt", "GRANT/REVOKE role membership"),
-    ("ReassignOwnedStmt", "REASSIGN OWNED"),
-    ("DropOwnedStmt", "DROP OWNED"),
-    ("CreatedbStmt", "CREATE DATABASE"),
-    ("AlterDatabaseStmt", "ALTER DATABASE"),
-    ("AlterDatabaseRefreshCollStmt", "ALTER DATABASE"),
-    ("AlterDatabaseSetStmt", "ALTER DATABASE SET"),
-    ("DropdbStmt", "DROP DATABASE"),
-    ("CreateTableSpaceStmt", "CREATE TABLESPACE"),
-    ("DropTableSpaceStmt", "DROP TABLESPACE"),
-    ("AlterTableSpaceOptionsStmt", "ALTER TABLESPACE"),
-    ("AlterTableMoveAllStmt", "ALTER TABLE ALL IN TABLESPACE"),
-    ("CreateSubscriptionStmt", "CREATE SUBSCRIPTION"),
-    ("AlterSubscriptionStmt", "ALTER SUBSCRIPTION"),
-    ("DropSubscriptionStmt", "DROP SUBSCRIPTION"),
-    ("CreatePublicationStmt", "CREATE PUBLICATION"),
-    ("AlterPublicationStmt", "ALTER PUBLICATION"),
-    ("CreateExtensionStmt", "CREATE EXTENSION"),
-    ("AlterExtensionStmt", "ALTER EXTENSION"),
-    ("AlterExtensionContentsStmt", "ALTER EXTENSION"),
-    ("CreateFdwStmt", "CREATE FOREIGN DATA WRAPPER"),
-    ("AlterFdwStmt", "ALTER FOREIGN DATA WRAPPER"),
-    ("CreateForeignServerStmt", "CREATE SERVER"),
-    ("AlterForeignServerStmt", "ALTER SERVER"),
-    ("CreateUserMappingStmt", "CREATE USER MAPPING"),
-    ("AlterUserMappingStmt", "ALTER USER MAPPING"),
-    ("DropUserMappingStmt", "DROP USER MAPPING"),
-    ("ImportForeignSchemaStmt", "IMPORT FOREIGN SCHEMA"),
-    ("CreateEventTrigStmt", "CREATE EVENT TRIGGER"),
-    ("AlterEventTrigStmt", "ALTER EVENT TRIGGER"),
-    ("CreatePlangStmt", "CREATE LANGUAGE"),
-    ("CreateAmStmt", "CREATE ACCESS METHOD"),
-];
-
-/// Schema-object statements (ddl), with their summary.
-const DDL_STMTS: &[(&str, &str)] = &[
-    ("CreateStmt", "CREATE TABLE"),
-    ("AlterTableStmt", "ALTER TABLE"),
-    ("IndexStmt", "CREATE INDEX"),
-    ("ViewStmt", "CREATE VIEW"),
-    ("CreateSeqStmt", "CREATE SEQUENCE"),
-    ("AlterSeqStmt", "ALTER SEQUENCE"),
-    ("CreateFunctionStmt", "CREATE FUNCTION"),
-    ("AlterFunctionStmt", "ALTER FUNCTION"),
-    ("CreateSchemaStmt", "CREATE SCHEMA"),
-    ("CompositeTypeStmt", "CREATE TYPE"),
-    ("CreateEnumStmt", "CREATE TYPE"),
-    ("CreateRangeStmt", "CREATE TYPE"),
-    ("AlterEnumStmt", "ALTER TYPE"),
-    ("CreateDomainStmt", "CREATE DOMAIN"),
-    ("AlterDomainStmt", "ALTER DOMAIN"),
-    (
-        "DefineStmt",
-        "CREATE (aggregate, operator, type or collation)",
-    ),
-    ("RuleStmt", "CREATE RULE"),
-    ("CreateTrigStmt", "CREATE TRIGGER"),
-    ("CommentStmt", "COMMENT ON"),
-    ("SecLabelStmt", "SECURITY LABEL"),
-    ("CreateOpClassStmt", "CREATE OPERATOR CLASS"),
-    ("CreateOpFamilyStmt", "CREATE OPERATOR FAMILY"),
-    ("AlterOpFamilyStmt", "ALTER OPERATOR FAMILY"),
-    ("AlterOperatorStmt", "ALTER OPERATOR"),
-    ("AlterTypeStmt", "ALTER TYPE"),
-    ("CreateCastStmt", "CREATE CAST"),
-    ("CreateConversionStmt", "CREATE CONVERSION"),
-    ("CreateTransformStmt", "CREATE TRANSFORM"),
-    ("CreatePolicyStmt", "CREATE POLICY"),
-    ("AlterPolicyStmt", "ALTER POLICY"),
-    ("CreateStatsStmt", "CREATE STATISTICS"),
-    ("AlterStatsStmt", "ALTER STATISTICS"),
-    ("CreateForeignTableStmt", "CREATE FOREIGN TABLE"),
-    ("AlterTsdictionaryStmt", "ALTER TEXT SEARCH DICTIONARY"),
-    (
-        "AlterTsconfigurationStmt",
-        "ALTER TEXT SEARCH CONFIGURATION",
-    ),
-    ("AlterCollationStmt", "ALTER COLLATION"),
-    ("AlterDefaultPrivilegesStmt", "ALTER DEFAULT PRIVILEGES"),
-    ("AlterObjectDependsStmt", "ALTER ... DEPENDS ON EXTENSION"),
-    ("RefreshMatViewStmt", "REFRESH MATERIALIZED VIEW"),
-];
 
 /// Per-statement facts besides class and tables.
 #[derive(Default)]
@@ -570,11 +436,37 @@ fn transaction(body: &Value, acc: &mut Acc<'_>) -> TxControl {
 }
 
 /// Normalized text for slow-query logs and redacted audit: literals replaced by
-/// `$n`, comments kept out. Unparseable text gives a placeholder, never the raw text.
+/// `$n`, comments removed (they may carry secrets). Unparseable text gives a
+/// placeholder, never the raw text. Costs a parse, a normalize and a scan.
 pub fn normalize(sql: &str) -> String {
     const PLACEHOLDER: &str = "<unparseable statement>";
     if pg_query::parse(sql, 0).is_err() {
         return PLACEHOLDER.to_string();
     }
-    pg_query::normalize(sql).unwrap_or_else(|_| PLACEHOLDER.to_string())
+    pg_query::normalize(sql)
+        .ok()
+        .and_then(|n| strip_comments(&n))
+        .unwrap_or_else(|| PLACEHOLDER.to_string())
+}
+
+/// `sql` with every comment replaced by one space; `None` if the scanner fails.
+fn strip_comments(sql: &str) -> Option<String> {
+    use pg_query::protobuf::Token;
+    let scanned = pg_query::scan(sql).ok()?;
+    let mut out = String::with_capacity(sql.len());
+    let mut pos = 0usize;
+    for token in &scanned.tokens {
+        if token.token != Token::SqlComment as i32 && token.token != Token::CComment as i32 {
+            continue;
+        }
+        let (start, end) = (
+            usize::try_from(token.start).ok()?,
+            usize::try_from(token.end).ok()?,
+        );
+        out.push_str(sql.get(pos..start)?);
+        out.push(' ');
+        pos = end;
+    }
+    out.push_str(sql.get(pos..)?);
+    Some(out.trim().to_string())
 }

@@ -9,7 +9,8 @@
 //!
 //! Layout: `classify.rs` (parse, per-statement dispatch, cache), `walk.rs` (generic
 //! walk of the whole parse tree: functions, writable CTEs, locking clauses,
-//! `SELECT … INTO`), `settings.rs` (SET/RESET/set_config and read-only escapes),
+//! `SELECT … INTO`), `settings.rs` (SET/RESET/set_config and read-only escapes), `kinds.rs`
+//! (statement-kind and ledger tables),
 //! `functions.rs` (function → class table), `decide.rs` (level × tier × class),
 //! `corpus.rs`/`corpus_adv.rs` (statement corpus with expected classes, reused by
 //! end-to-end tests), `tests.rs` (unit tests).
@@ -19,20 +20,21 @@ mod corpus;
 mod corpus_adv;
 mod decide;
 pub mod functions;
+mod kinds;
 mod settings;
 mod walk;
 
 #[cfg(test)]
 mod tests;
 
-pub use classify::{normalize, Classifier, DEFAULT_LEDGER_TABLES};
+pub use classify::{normalize, Classifier};
 pub use decide::{decide, Decision, Denial, Subject};
+pub use kinds::DEFAULT_LEDGER_TABLES;
 
 /// Every corpus statement with its expected class: normal application SQL,
 /// migration-tool SQL and adversarial statements (THREATS.md classes 1–14).
 pub const CORPUS: &[(&str, StatementClass)] = corpus::CORPUS;
-/// Adversarial part of the corpus (also included in [`CORPUS_ALL`] order: `CORPUS`
-/// then `CORPUS_ADVERSARIAL`).
+/// Adversarial part of the corpus; [`corpus_all`] yields `CORPUS` then this.
 pub const CORPUS_ADVERSARIAL: &[(&str, StatementClass)] = corpus_adv::CORPUS_ADVERSARIAL;
 
 /// Both corpus parts, in order.

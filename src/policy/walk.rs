@@ -201,6 +201,16 @@ pub(crate) fn literal(node: &Value) -> Option<Literal> {
     if let Some(cast) = inner.get("TypeCast") {
         return cast.get("arg").and_then(literal);
     }
+    // Option values (DefElem args) are bare value nodes.
+    if let Some(s) = inner.pointer("/String/sval").and_then(Value::as_str) {
+        return Some(Literal::Str(s.to_string()));
+    }
+    if let Some(i) = inner.pointer("/Integer/ival").and_then(Value::as_i64) {
+        return Some(Literal::Int(i));
+    }
+    if let Some(b) = inner.pointer("/Boolean/boolval").and_then(Value::as_bool) {
+        return Some(Literal::Bool(b));
+    }
     let Some(konst) = inner.get("AConst") else {
         return Some(Literal::Unknown);
     };

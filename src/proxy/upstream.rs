@@ -108,8 +108,11 @@ async fn connect_inner(
     all.extend(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     frontend::startup_message(all, &mut buf)?;
     stream.write_all(&buf).await?;
-    authenticate(&mut stream, t).await?;
-    finish_startup(stream).await
+    // One buffer for the whole startup: PostgreSQL sends AuthenticationOk,
+    // ParameterStatus, BackendKeyData and ReadyForQuery in one packet.
+    let mut buf = BytesMut::new();
+    authenticate(&mut stream, &mut buf, t).await?;
+    finish_startup(stream, buf).await
 }
 
 async fn negotiate_tls(
@@ -171,9 +174,9 @@ fn refused(frame: &[u8]) -> UpstreamError {
 
 async fn authenticate(
     stream: &mut UpstreamStream,
+    buf: &mut BytesMut,
     t: &UpstreamTarget<'_>,
 ) -> Result<(), UpstreamError> {
-    let mut buf = BytesMut::new();
     let mut scram: Option<ScramSha256> = None;
     let password = || {
         t.password.map(str::as_bytes).ok_or_else(|| {
@@ -184,7 +187,7 @@ async fn authenticate(
         })
     };
     loop {
-        let (tag, frame) = read_message(stream, &mut buf).await?;
+        let (tag, frame) = read_message(stream, buf).await?;
         if tag == b'E' {
             return Err(refused(&frame));
         }
@@ -245,8 +248,10 @@ async fn authenticate(
     }
 }
 
-async fn finish_startup(mut stream: UpstreamStream) -> Result<Upstream, UpstreamError> {
-    let mut buf = BytesMut::new();
+async fn finish_startup(
+    mut stream: UpstreamStream,
+    mut buf: BytesMut,
+) -> Result<Upstream, UpstreamError> {
     let mut parameter_frames = Vec::new();
     let mut key = None;
     loop {

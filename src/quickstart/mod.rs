@@ -162,6 +162,9 @@ pub async fn prepare(args: &QuickstartArgs) -> Result<Prepared, QuickstartError>
     let paths = Paths::new(&root);
     clear_json(&paths.json)?;
     check_ports_free(args.port_base, last)?;
+    // The cluster first: missing binaries or an unreachable directory fail
+    // before anything else is generated.
+    let cluster = start_cluster(&paths, args.port_base, last).await?;
     make_secrets_dir(&paths.secrets)?;
 
     let envs = layout::environments(args.port_base);
@@ -180,7 +183,6 @@ pub async fn prepare(args: &QuickstartArgs) -> Result<Prepared, QuickstartError>
     let token_keys = token_keys(&paths, &env_names)?;
     let certs = crate::auth::tls::generate_self_signed(&paths.tls, &["localhost", "127.0.0.1"])?;
 
-    let cluster = start_cluster(&paths, args.port_base, last).await?;
     let plan: Vec<(EnvPlan, provision::EnvPasswords<'_>)> = envs
         .iter()
         .map(|env| {

@@ -6,8 +6,8 @@
 //! it; any other user runs them as itself), the check that every parent
 //! directory is traversable by that user, owner-only secret files, and the
 //! scan of `/proc` for postmasters of a data directory. May use: nix (user
-//! lookup, chown), std process and filesystem. Must never: change the mode of
-//! a directory it did not create, or touch a process it did not start.
+//! lookup, chown), std process and filesystem. Must never: change a parent
+//! directory (it only reports one that is closed), or signal a process.
 
 use std::ffi::CString;
 use std::fs;
