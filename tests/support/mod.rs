@@ -264,9 +264,9 @@ impl Proxy {
         let mut cfg = tokio_postgres::Config::new();
         cfg.host("127.0.0.1")
             .port(self.addrs[env].port())
-            .user(&w.user(role))
+            .user(w.user(role))
             .password(password)
-            .dbname(&w.database(env))
+            .dbname(w.database(env))
             .ssl_mode(tokio_postgres::config::SslMode::Require)
             .connect_timeout(std::time::Duration::from_secs(10));
         let (c, conn) = cfg.connect(tls_connector()).await?;
