@@ -61,6 +61,9 @@ enum Command {
     /// The audit log.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// The migration promotion gate.
+    #[command(subcommand)]
+    Migrations(MigrationsCmd),
     /// A throwaway PostgreSQL with four environments behind the proxy.
     Quickstart {
         /// State directory (cluster, config, secrets, quickstart.json).
@@ -96,6 +99,19 @@ enum TokenCmd {
         /// Signing key file (default: the environment's token_key_file).
         #[arg(long)]
         key_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum MigrationsCmd {
+    /// Where each migration has been applied or has failed, per environment.
+    Status {
+        /// Configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Read with this environment's control login (default: the first).
+        #[arg(long)]
+        env: Option<String>,
     },
 }
 
@@ -146,6 +162,9 @@ pub fn main() -> i32 {
             key_file,
         }) => crate::cli_tools::issue_token(&config, &env, &identity, &ttl, reason, key_file),
         Command::Audit(AuditCmd::Verify { file }) => crate::cli_tools::audit_verify(&file),
+        Command::Migrations(MigrationsCmd::Status { config, env }) => {
+            runtime(crate::cli_tools::migrations_status(config, env))
+        }
         Command::Check {
             config,
             envs,

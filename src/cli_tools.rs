@@ -180,13 +180,13 @@ pub fn audit_verify(file: &Path) -> i32 {
 
 /// `tierwarden quickstart`.
 pub async fn quickstart(dir: PathBuf, port_base: u16) -> i32 {
-    use crate::quickstart::{prepare, write_ready, QuickstartArgs};
+    use crate::quickstart::{clear_ready, prepare, write_ready, QuickstartArgs};
     let args = QuickstartArgs { dir, port_base };
     let mut prepared = match prepare(&args).await {
         Ok(p) => p,
         Err(e) => {
             eprintln!("tierwarden quickstart: {e}");
-            return EXIT_CONFIG;
+            return e.exit_code();
         }
     };
     let (cfg, served) = match load_for_serve(&prepared.config_path, &prepared.envs) {
@@ -211,6 +211,7 @@ pub async fn quickstart(dir: PathBuf, port_base: u16) -> i32 {
     println!("ready: {}", prepared.json_path.display());
     let stop = tokio_util::sync::CancellationToken::new();
     server.run(stop).await;
+    let _ = clear_ready(&prepared);
     let cluster = Arc::new(std::sync::Mutex::new(prepared.cluster));
     let c = Arc::clone(&cluster);
     let _ = tokio::task::spawn_blocking(move || {
@@ -220,5 +221,84 @@ pub async fn quickstart(dir: PathBuf, port_base: u16) -> i32 {
     })
     .await;
     println!("quickstart stopped (cluster and proxy)");
+    0
+}
+
+/// `tierwarden migrations status`.
+pub async fn migrations_status(path: PathBuf, env: Option<String>) -> i32 {
+    use crate::promotion::control::Control;
+    use crate::promotion::short;
+    let cfg = match config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tierwarden: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    let Some(db) = &cfg.promotion.control else {
+        eprintln!("tierwarden: {}: no [promotion.control] database is configured (fix: add it to use the promotion gate)", path.display());
+        return EXIT_CONFIG;
+    };
+    let order = config::promotion_order(&cfg);
+    let login = order
+        .iter()
+        .filter(|n| env.as_ref().map(|e| e == *n).unwrap_or(true))
+        .find_map(|n| cfg.environments.get(n).and_then(|e| e.control.clone()));
+    let Some(login) = login else {
+        eprintln!(
+            "tierwarden: no environment has a control login (fix: add [environments.NAME.control])"
+        );
+        return EXIT_CONFIG;
+    };
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let password = match config::resolve_secret(&login, &base) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("tierwarden: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    let rows = match Control::new(db, &login.user, password.as_deref())
+        .status()
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tierwarden: {e}");
+            return 1;
+        }
+    };
+    let mut by_fp: std::collections::BTreeMap<
+        String,
+        (String, std::collections::HashMap<String, String>),
+    > = Default::default();
+    for r in rows {
+        let e = by_fp
+            .entry(r.fingerprint.clone())
+            .or_insert_with(|| (r.summary.clone(), Default::default()));
+        e.1.insert(r.env.clone(), format!("{} {}", r.outcome, r.at));
+    }
+    let mut header = format!("{:<12}  {:<40}", "migration", "first statement");
+    for n in &order {
+        header.push_str(&format!("  {n:<27}"));
+    }
+    println!("{header}");
+    for (fp, (summary, per_env)) in &by_fp {
+        let mut line = format!(
+            "{:<12}  {:<40}",
+            short(fp),
+            summary.chars().take(40).collect::<String>()
+        );
+        for n in &order {
+            line.push_str(&format!(
+                "  {:<27}",
+                per_env.get(n).map(String::as_str).unwrap_or("absent")
+            ));
+        }
+        println!("{line}");
+    }
+    if by_fp.is_empty() {
+        println!("(no migration recorded yet)");
+    }
     0
 }

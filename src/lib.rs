@@ -24,6 +24,7 @@ pub mod config;
 pub mod marker;
 pub mod observe;
 pub mod policy;
+pub mod promotion;
 pub mod protocol;
 pub mod proxy;
 pub mod quickstart;

@@ -23,7 +23,7 @@ use crate::config::{self, Config};
 use crate::observe::locks::{run_monitor, MonitorTarget, SessionLookup};
 use crate::observe::metrics::Metrics;
 use crate::observe::{serve_admin, AdminState};
-use crate::policy::Tier;
+use crate::policy::{Level, Tier};
 use crate::proxy::cancel::CancelRegistry;
 use crate::proxy::listener;
 use crate::shared::{self, build_env_state, build_runtime, Runtime, Shared};
@@ -113,6 +113,11 @@ pub async fn start(config: Config, path: &Path, served: Vec<String>) -> Result<S
     let metrics = Arc::new(Metrics::new());
     for n in &served {
         metrics.register_env(n);
+        for (role_name, role) in &rt.config.roles {
+            if role.level_in(n) != Level::None {
+                metrics.register_role(n, role_name);
+            }
+        }
     }
     let mut bound = Vec::new();
     for n in &served {

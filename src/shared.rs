@@ -46,6 +46,8 @@ pub struct EnvRuntime {
     pub upstream_tls: Option<Arc<rustls::ClientConfig>>,
     /// Token verification key.
     pub token_key: Option<Arc<crate::auth::token::TokenPublicKey>>,
+    /// Migration promotion gate (when a control database is configured).
+    pub gate: Option<Arc<crate::promotion::gate::Gate>>,
 }
 
 impl EnvRuntime {
@@ -158,7 +160,9 @@ pub fn build_runtime(
         let Some(cfg) = config.environments.get(name) else {
             continue;
         };
-        envs.insert(name.clone(), Arc::new(build_env(name, cfg, &base)?));
+        let mut env = build_env(name, cfg, &base)?;
+        env.gate = build_gate(&config, name, cfg, &base)?;
+        envs.insert(name.clone(), Arc::new(env));
     }
     check_shared_secrets(&config, &base)?;
     let tls = match &config.tls {
@@ -219,7 +223,26 @@ fn build_env(name: &str, cfg: &Environment, base: &Path) -> Result<EnvRuntime, R
         logins,
         upstream_tls,
         token_key,
+        gate: None,
     })
+}
+
+fn build_gate(
+    config: &Config,
+    name: &str,
+    cfg: &Environment,
+    base: &Path,
+) -> Result<Option<Arc<crate::promotion::gate::Gate>>, RuntimeError> {
+    let (Some(db), Some(login)) = (&config.promotion.control, &cfg.control) else {
+        return Ok(None);
+    };
+    let password = resolve_secret(login, base)?;
+    Ok(Some(Arc::new(crate::promotion::gate::Gate {
+        env: Arc::from(name),
+        pred: crate::config::predecessor(config, name),
+        mode: cfg.gate_mode(),
+        control: crate::promotion::control::Control::new(db, &login.user, password.as_deref()),
+    })))
 }
 
 fn load_token_key(

@@ -16,6 +16,25 @@ pub use model::*;
 pub use secrets::{resolve_secret, SecretError};
 pub use validate::validate;
 
+/// The promotion order: `promotion.order`, else environments sorted by
+/// tier (development, testing, staging, production) then name.
+pub fn promotion_order(config: &Config) -> Vec<String> {
+    if !config.promotion.order.is_empty() {
+        return config.promotion.order.clone();
+    }
+    let rank = |t: crate::policy::Tier| t as u8;
+    let mut v: Vec<(&String, &Environment)> = config.environments.iter().collect();
+    v.sort_by_key(|(n, e)| (rank(e.tier), (*n).clone()));
+    v.into_iter().map(|(n, _)| n.clone()).collect()
+}
+
+/// The environment before `env` in the promotion order.
+pub fn predecessor(config: &Config, env: &str) -> Option<String> {
+    let order = promotion_order(config);
+    let i = order.iter().position(|n| n == env)?;
+    i.checked_sub(1).map(|j| order[j].clone())
+}
+
 /// Choose the environments a process serves: `--env` values, else the
 /// `APP_ENV` variable (comma separated). Errors are one line saying what to set.
 pub fn select_envs(

@@ -110,13 +110,42 @@ fn default_flush_ms() -> u64 {
     200
 }
 
-/// Promotion order.
+/// Promotion order and the migration promotion gate's control database.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct PromotionSettings {
     /// Environment names, earliest first. Empty: ordered by tier.
     #[serde(default)]
     pub order: Vec<String>,
+    /// The control database holding migration outcomes (shared by every
+    /// proxy replica). Unset: the promotion gate is off everywhere.
+    pub control: Option<ControlDatabase>,
+}
+
+/// Where migration outcomes live. Credentials are per environment
+/// (`environments.NAME.control`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlDatabase {
+    /// Host name or IP address.
+    pub host: String,
+    /// TCP port.
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    /// Database name, e.g. `tierwarden_control`.
+    pub database: String,
+}
+
+/// The promotion gate's behaviour in one environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GateMode {
+    /// Migrations not applied in the predecessor are denied.
+    Enforce,
+    /// They are allowed, logged and audited.
+    Warn,
+    /// No check.
+    Off,
 }
 
 /// One environment guarded by the proxy.
@@ -152,6 +181,11 @@ pub struct Environment {
     pub token_key_file: Option<PathBuf>,
     /// Environment variable holding the token signing key (alternative to the file).
     pub token_key_env: Option<String>,
+    /// Promotion gate: `enforce` (default in production tier), `warn`
+    /// (default elsewhere) or `off`.
+    pub promotion_gate: Option<GateMode>,
+    /// This environment's login to the control database.
+    pub control: Option<UpstreamUser>,
     /// Close sessions idle inside a transaction for longer than this (milliseconds).
     pub idle_in_transaction_timeout_ms: Option<u64>,
     /// The database this environment guards.
@@ -176,6 +210,15 @@ impl Environment {
     pub fn tls_required(&self) -> bool {
         self.require_tls.unwrap_or(self.tier == Tier::Production)
     }
+    /// The effective promotion gate mode.
+    pub fn gate_mode(&self) -> GateMode {
+        self.promotion_gate
+            .unwrap_or(if self.tier == Tier::Production {
+                GateMode::Enforce
+            } else {
+                GateMode::Warn
+            })
+    }
     /// Whether authentication failures are rate limited.
     pub fn rate_limited(&self) -> bool {
         self.auth_rate_limit
@@ -199,7 +242,8 @@ pub struct Upstream {
     pub sslmode: UpstreamTlsMode,
     /// CA certificate for `verify-ca` / `verify-full`.
     pub ca_file: Option<PathBuf>,
-    /// Upstream user per access level: keys `ro`, `rw`, `migrate`.
+    /// Upstream user per access level: keys `ro`, `rw`, `migrate`; plus the
+    /// optional `monitor` login of the lock monitor (granted `pg_monitor`).
     pub users: BTreeMap<String, UpstreamUser>,
     /// Optional identity marker: the database comment must contain
     /// `tierwarden:env=<name>` (checked at startup when true).

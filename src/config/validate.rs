@@ -80,8 +80,13 @@ fn environments(c: &Config, out: &mut Vec<Problem>) {
         }
         for (ukey, u) in &env.upstream.users {
             let k = format!("{key}.upstream.users.{ukey}");
-            if !["ro", "rw", "migrate"].contains(&ukey.as_str()) {
-                out.push(p(k.clone(), "unknown level key", "use ro, rw or migrate"));
+            // `monitor`: optional login of the lock monitor (needs pg_monitor).
+            if !["ro", "rw", "migrate", "monitor"].contains(&ukey.as_str()) {
+                out.push(p(
+                    k.clone(),
+                    "unknown upstream user key",
+                    "use ro, rw, migrate or monitor",
+                ));
             }
             if u.password_env.is_some() && u.password_file.is_some() {
                 out.push(p(
@@ -182,6 +187,17 @@ fn sections(c: &Config, out: &mut Vec<Problem>) {
                 format!("{l:?} is not an IP:port address"),
                 "write e.g. listen = \"127.0.0.1:9187\"",
             ));
+        }
+    }
+    if c.promotion.control.is_some() {
+        for (name, e) in &c.environments {
+            if e.control.is_none() {
+                out.push(p(
+                    format!("environments.{name}.control"),
+                    "a promotion control database is configured but this environment has no login for it",
+                    format!("add [environments.{name}.control] with user and password_file (one login per environment)"),
+                ));
+            }
         }
     }
     let mut seen = BTreeSet::new();

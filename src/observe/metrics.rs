@@ -121,7 +121,8 @@ impl Metrics {
 
     /// Create every env-level counter of `env` at 0, so that alert rules
     /// using `increase()` see the first event (a series born at 1 has no
-    /// increase). Call once per served environment at startup.
+    /// increase), and `tierwarden_upstream_up{env}` at 0. Call once per
+    /// served environment at startup.
     pub fn register_env(&self, env: &str) {
         for &outcome in ConnOutcome::ALL {
             drop(self.connection_attempts.get_or_create(&ConnLabels {
@@ -143,6 +144,9 @@ impl Metrics {
         }
         drop(self.connection_spikes.get_or_create(&env_labels(env)));
         drop(self.promotion_denied.get_or_create(&env_labels(env)));
+        // Down (0) until the env's lock monitor first reaches the upstream,
+        // like `/readyz`; an env without a monitor login stays visibly down.
+        drop(self.upstream_up.get_or_create(&env_labels(env)));
     }
 
     /// Create every per-role series of (env, role) at 0 without opening a

@@ -178,6 +178,14 @@ pub const CORPUS_ADVERSARIAL: &[(&str, StatementClass)] = &[
     (r"\d users", Unclassified),
     ("SELECT 1\u{0}; DROP TABLE t", Unclassified),
     ("SELECT 1 FROM t WHERE a = ?", Unclassified),
+    // ... and session settings that make the server lex differently from the
+    // classifier (standard_conforming_strings off: `'\'` no longer ends a
+    // string; client-only encodings: a multi-byte character ending in `\`)
+    ("SET standard_conforming_strings = off", Privileged),
+    ("SET standard_conforming_strings TO false", Privileged),
+    ("SELECT set_config('standard_conforming_strings', 'off', false)", Privileged),
+    ("SET NAMES 'SJIS'", Privileged),
+    ("SET client_encoding TO 'gbk'", Privileged),
     // #13 object shadowing: ddl, a migrate/rw-in-non-prod capability
     ("CREATE FUNCTION public.lower(text) RETURNS text LANGUAGE sql AS 'select $1'", Ddl),
     ("CREATE RULE r AS ON SELECT TO t DO INSTEAD SELECT 1", Ddl),

@@ -2,7 +2,9 @@
 //! (THREATS.md #7, #11).
 //!
 //! Owns which settings are privileged (`role`, `session_authorization`,
-//! `session_replication_role`) and which assignments turn a read-only session
+//! `session_replication_role`, and values of `standard_conforming_strings` /
+//! `client_encoding` that would make the server read statements differently
+//! from the classifier) and which assignments turn a read-only session
 //! writable (`default_transaction_read_only` / `transaction_read_only` to anything
 //! that is not clearly true, their RESET or DEFAULT, `RESET ALL`, `DISCARD ALL`,
 //! `… READ WRITE` transaction modes). Setting names are matched case-insensitively,
@@ -56,11 +58,64 @@ fn clearly_true(value: &Literal) -> bool {
     }
 }
 
+/// Client encodings whose multi-byte characters may contain ASCII bytes
+/// (`\\`, `'`…): PostgreSQL converts them before parsing, the classifier
+/// reads UTF-8, so the two would split the same bytes into different
+/// statements (the classic Shift-JIS/GBK backslash injection). Names as
+/// PostgreSQL's alias table spells them after removing non-alphanumerics.
+const LEXER_UNSAFE_ENCODINGS: &[&str] = &[
+    "big5",
+    "win950",
+    "windows950",
+    "gb18030",
+    "gbk",
+    "cp936",
+    "win936",
+    "windows936",
+    "johab",
+    "mskanji",
+    "shiftjis",
+    "shiftjis2004",
+    "sjis",
+    "win932",
+    "windows932",
+    "uhc",
+    "win949",
+    "windows949",
+];
+
+/// Whether assigning `value` to `name` would make the server lex the
+/// following statements differently from the classifier (which reads UTF-8
+/// with `standard_conforming_strings = on`): then `'\\'` or a multi-byte
+/// character ending in a backslash hides a statement from the proxy.
+fn desyncs_lexer(name: &str, value: &Literal) -> bool {
+    match name {
+        "standard_conforming_strings" => !clearly_true(value),
+        "client_encoding" => match value {
+            Literal::Str(s) => {
+                let clean: String = s
+                    .chars()
+                    .filter(char::is_ascii_alphanumeric)
+                    .map(|c| c.to_ascii_lowercase())
+                    .collect();
+                LEXER_UNSAFE_ENCODINGS.contains(&clean.as_str())
+            }
+            _ => true,
+        },
+        _ => false,
+    }
+}
+
 /// `SET name = value` (or `set_config(name, value, …)`, or a startup setting).
 /// `name` must be lower-cased.
 pub(crate) fn assignment(name: &str, value: &Literal) -> Outcome {
     if PRIVILEGED_SETTINGS.contains(&name) {
         return Outcome::privileged(&format!("SET {name}"));
+    }
+    if desyncs_lexer(name, value) {
+        return Outcome::privileged(&format!(
+            "SET {name} to a value that changes how statements are read"
+        ));
     }
     let makes_writable = READ_ONLY_SETTINGS.contains(&name) && !clearly_true(value);
     Outcome {
@@ -171,5 +226,44 @@ mod unit {
         assert!(clearly_true(&Literal::Int(1)));
         assert!(!clearly_true(&Literal::Int(0)));
         assert!(!clearly_true(&Literal::Unknown));
+    }
+
+    #[test]
+    fn settings_that_desync_the_lexer_are_privileged() {
+        let s = |v: &str| Literal::Str(v.into());
+        for (name, value) in [
+            ("standard_conforming_strings", s("off")),
+            ("standard_conforming_strings", Literal::Bool(false)),
+            ("standard_conforming_strings", Literal::Unknown),
+            ("client_encoding", s("SJIS")),
+            ("client_encoding", s("Shift_JIS")),
+            ("client_encoding", s("win-932")),
+            ("client_encoding", s("GBK")),
+            ("client_encoding", s("big5")),
+            ("client_encoding", s("GB18030")),
+            ("client_encoding", s("UHC")),
+            ("client_encoding", s("johab")),
+            ("client_encoding", Literal::Other),
+        ] {
+            assert_eq!(
+                assignment(name, &value).class,
+                StatementClass::Privileged,
+                "{name} = {value:?}"
+            );
+        }
+        for (name, value) in [
+            ("standard_conforming_strings", s("on")),
+            ("client_encoding", s("UTF8")),
+            ("client_encoding", s("unicode")),
+            ("client_encoding", s("LATIN1")),
+            ("client_encoding", s("EUC_JP")),
+            ("client_encoding", s("WIN1252")),
+        ] {
+            assert_eq!(
+                assignment(name, &value).class,
+                StatementClass::Session,
+                "{name} = {value:?}"
+            );
+        }
     }
 }

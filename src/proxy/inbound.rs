@@ -15,11 +15,14 @@ use tokio::io::{AsyncReadExt, ReadHalf};
 use tokio_util::sync::CancellationToken;
 
 use super::admission::Admitted;
+use super::gatekeeper::{self, TxView};
 use super::observe_hooks::Observer;
 use super::relay::{injected_bind, injected_query, RelayEnd, RESERVED_NAME};
 use super::stream::ClientStream;
 use super::tracker::{InFlight, Tracker};
-use crate::policy::{decide, Decision, Denial, Statement, StatementClass, Tier};
+use crate::policy::{decide, Decision, Denial, Level, Statement, StatementClass, Tier, TxControl};
+use crate::promotion::gate::{Gate, GateDecision};
+use crate::promotion::{statement_fingerprints, Snapshot};
 use crate::protocol::encode::{self, Severity};
 use crate::protocol::frame::Frame;
 use crate::protocol::{messages, sqlstate};
@@ -30,6 +33,17 @@ use crate::shared::{EnvRuntime, Runtime, Shared};
 struct Known {
     stmts: Arc<Vec<Statement>>,
     text: Arc<str>,
+    /// Canonical fingerprints per statement (migration sessions with a
+    /// promotion gate only).
+    fps: Option<Arc<Vec<String>>>,
+}
+
+/// Why a message is refused, and how.
+struct Refusal {
+    class: StatementClass,
+    denial: Denial,
+    /// A refused COMMIT: roll the transaction back instead of failing it.
+    rollback: bool,
 }
 
 /// Client → upstream state of one session.
@@ -46,6 +60,12 @@ pub struct Inbound<'a> {
     /// Portals by name.
     portals: HashMap<Vec<u8>, Known>,
     kill: Option<(CancellationToken, Arc<Mutex<Option<String>>>)>,
+    /// Promotion gate, for migration sessions where a control database is configured.
+    gate: Option<Arc<Gate>>,
+    /// The predecessor's outcomes, refreshed before ddl and COMMIT.
+    snap: Result<Snapshot, String>,
+    /// The transaction as the client has shaped it (for the gate).
+    tx: TxView,
 }
 
 impl<'a> Inbound<'a> {
@@ -67,6 +87,44 @@ impl<'a> Inbound<'a> {
             sql_prepared: HashMap::new(),
             portals: HashMap::new(),
             kill: None,
+            gate: env
+                .gate
+                .clone()
+                .filter(|_| adm.migrations_role || adm.login.level == Level::Migrate),
+            snap: Err("not read yet".into()),
+            tx: TxView::default(),
+        }
+    }
+
+    /// Before a batch of client messages: when it holds ddl or a COMMIT of
+    /// a gated migration session, read the predecessor's outcomes afresh.
+    pub async fn refresh_gate(&mut self, buf: &BytesMut) {
+        let Some(g) = self.gate.clone().filter(|g| g.checks()) else {
+            return;
+        };
+        let mut rest: &[u8] = buf;
+        let mut needed = false;
+        while let Ok(Some((tag, total))) = crate::protocol::frame::peek_header(rest) {
+            if total > rest.len() {
+                break;
+            }
+            let body = &rest[5..total];
+            let text = match tag {
+                b'Q' => messages::query_text(body).ok(),
+                b'P' => messages::parse_msg(body).ok().map(|(_, q)| q),
+                _ => None,
+            };
+            if let Some(t) = text {
+                let c = self.rt.classifier.classify(&String::from_utf8_lossy(t));
+                needed |= c
+                    .statements
+                    .iter()
+                    .any(|s| s.class == StatementClass::Ddl || s.tx == Some(TxControl::Commit));
+            }
+            rest = &rest[total..];
+        }
+        if needed {
+            self.snap = g.snapshot().await;
         }
     }
 
@@ -213,10 +271,17 @@ impl<'a> Inbound<'a> {
             .map(|s| s.class)
             .max_by_key(|c| c.rank())
             .unwrap_or(StatementClass::Read);
+        let fp = k
+            .fps
+            .as_ref()
+            .and_then(|f| f.first())
+            .filter(|_| class == StatementClass::Ddl)
+            .map(|f| Arc::from(f.as_str()));
         InFlight {
             class,
             text: Arc::clone(&k.text),
             sent: Instant::now(),
+            fp,
         }
     }
 
@@ -224,7 +289,7 @@ impl<'a> Inbound<'a> {
     fn classify(&self, text: &[u8]) -> Known {
         let text: Arc<str> = Arc::from(String::from_utf8_lossy(text).as_ref());
         let classified = self.rt.classifier.classify(&text);
-        let stmts = classified
+        let stmts: Vec<Statement> = classified
             .statements
             .iter()
             .map(|s| match &s.execute_name {
@@ -239,27 +304,44 @@ impl<'a> Inbound<'a> {
                 None => s.clone(),
             })
             .collect();
+        let fps = self
+            .gate
+            .as_ref()
+            .filter(|_| {
+                stmts
+                    .iter()
+                    .any(|s: &Statement| s.class == StatementClass::Ddl)
+            })
+            .and_then(|_| statement_fingerprints(&text))
+            .map(Arc::new);
         Known {
             stmts: Arc::new(stmts),
             text,
+            fps,
         }
     }
 
-    /// The first denial among the statements, if any (audit failures in
-    /// the production tier deny everything).
-    fn judge(&self, k: &Known) -> Option<(StatementClass, Denial)> {
+    /// The first refusal among the statements, if any: the role matrix,
+    /// the production audit rule, then (for migration sessions at Query
+    /// and Parse) the promotion gate.
+    fn judge(&self, k: &Known, gate_now: bool) -> Option<Refusal> {
         let subject = self.adm.subject(self.env);
         for s in k.stmts.iter() {
             if let Decision::Deny(d) = decide(s, &subject) {
-                return Some((s.class, d));
+                return Some(Refusal {
+                    class: s.class,
+                    denial: d,
+                    rollback: false,
+                });
             }
         }
         if self.env.tier() == Tier::Production && !k.stmts.is_empty() {
             if let Some(a) = &self.shared.audit {
                 if !a.healthy() {
-                    return Some((
-                        StatementClass::Unclassified,
-                        Denial {
+                    return Some(Refusal {
+                        class: StatementClass::Unclassified,
+                        rollback: false,
+                        denial: Denial {
                             class: StatementClass::Unclassified,
                             message: format!(
                                 "tierwarden: refused: the audit log of production environment {} cannot be written, so no statement may run",
@@ -267,30 +349,69 @@ impl<'a> Inbound<'a> {
                             ),
                             hint: "an operator must fix the audit sink (disk full or unwritable); statements are refused until it recovers".into(),
                         },
-                    ));
+                    });
                 }
             }
         }
-        None
+        let gate = self.gate.as_ref().filter(|_| gate_now)?;
+        let call = gatekeeper::check(gate, &self.snap, &k.stmts, k.fps.as_deref(), &self.tx);
+        match call.decision {
+            GateDecision::Pass => None,
+            GateDecision::Warn(m) => {
+                self.observer.gate(&m, false, &k.text);
+                None
+            }
+            GateDecision::Deny(m) => {
+                self.observer.gate(&m, true, &k.text);
+                let pred = gate.pred.clone().unwrap_or_default();
+                Some(Refusal {
+                    class: StatementClass::Ddl,
+                    rollback: call.at_commit,
+                    denial: Denial {
+                        class: StatementClass::Ddl,
+                        message: format!("tierwarden: denied: {m}"),
+                        hint: format!(
+                            "promotion order: a migration must be applied in {pred} before {}; `tierwarden migrations status --config <file>` shows where each migration has been applied",
+                            self.env.name
+                        ),
+                    },
+                })
+            }
+        }
     }
 
     fn query(&mut self, f: &Frame, text: &[u8], out: &mut BytesMut, t: &mut Tracker) {
         let k = self.classify(text);
-        if let Some((class, d)) = self.judge(&k) {
-            self.deny(class, &d, &k.text, t);
-            t.simple(vec![], Some(denial_frame(&d)));
-            out.extend_from_slice(&injected_query());
+        if let Some(r) = self.judge(&k, true) {
+            self.deny(r.class, &r.denial, &k.text, t);
+            if r.rollback {
+                // A refused COMMIT ends the transaction rolled back.
+                t.simple_swap(denial_frame(&r.denial));
+                out.extend_from_slice(&rollback_query());
+                self.tx = TxView::default();
+            } else {
+                t.simple(vec![], Some(denial_frame(&r.denial)));
+                out.extend_from_slice(&injected_query());
+            }
             return;
         }
+        self.tx.after(&k.stmts, k.fps.as_deref());
         self.remember_sql_prepares(&k);
         let now = Instant::now();
         let inflight = k
             .stmts
             .iter()
-            .map(|s| InFlight {
+            .enumerate()
+            .map(|(i, s)| InFlight {
                 class: s.class,
                 text: Arc::clone(&k.text),
                 sent: now,
+                fp: k
+                    .fps
+                    .as_ref()
+                    .and_then(|f| f.get(i))
+                    .filter(|_| s.class == StatementClass::Ddl)
+                    .map(|f| Arc::from(f.as_str())),
             })
             .collect();
         self.observer.allowed(&k.stmts, &k.text);
@@ -313,6 +434,7 @@ impl<'a> Inbound<'a> {
                     Known {
                         stmts: Arc::new(vec![s.clone()]),
                         text: Arc::clone(&k.text),
+                        fps: None,
                     },
                 );
             }
@@ -346,14 +468,15 @@ impl<'a> Inbound<'a> {
         } else {
             self.classify(text)
         };
-        if let Some((class, d)) = self.judge(&k) {
-            self.deny(class, &d, &k.text, t);
+        if let Some(r) = self.judge(&k, true) {
+            self.deny(r.class, &r.denial, &k.text, t);
             self.parsed.insert(name, None);
-            t.extended_denial(denial_frame(&d));
+            t.extended_denial(denial_frame(&r.denial));
             out.extend_from_slice(&injected_bind());
             return;
         }
         self.remember_sql_prepares(&k);
+        self.tx.after(&k.stmts, k.fps.as_deref());
         self.observer.allowed(&k.stmts, &k.text);
         self.parsed.insert(name, Some(k));
         t.extended(None);
@@ -381,10 +504,11 @@ impl<'a> Inbound<'a> {
                 String::from_utf8_lossy(name)
             ))]),
             text: Arc::from(""),
+            fps: None,
         });
-        if let Some((class, d)) = self.judge(&known) {
-            self.deny(class, &d, &known.text, t);
-            t.extended_denial(denial_frame(&d));
+        if let Some(r) = self.judge(&known, false) {
+            self.deny(r.class, &r.denial, &known.text, t);
+            t.extended_denial(denial_frame(&r.denial));
             out.extend_from_slice(&injected_bind());
             return;
         }
@@ -406,6 +530,15 @@ fn unknown_statement(summary: String) -> Statement {
         deallocate: None,
         summary,
     }
+}
+
+fn rollback_query() -> Bytes {
+    let text = b"ROLLBACK\0";
+    let mut b = BytesMut::new();
+    b.extend_from_slice(b"Q");
+    b.extend_from_slice(&((4 + text.len()) as i32).to_be_bytes());
+    b.extend_from_slice(text);
+    b.freeze()
 }
 
 /// The ErrorResponse a client receives for a denial.

@@ -7,6 +7,7 @@
 
 pub mod admission;
 pub mod cancel;
+pub mod gatekeeper;
 pub mod client_auth;
 pub mod inbound;
 pub mod listener;

@@ -17,7 +17,8 @@ use crate::policy::{normalize, Denial, Statement, StatementClass, Tier};
 use crate::shared::{EnvRuntime, Runtime, Shared};
 
 use super::admission::Admitted;
-use super::tracker::{Completed, MigrationEnd, Tracker};
+use super::tracker::{Completed, EndedMigration, MigrationEnd, Tracker};
+use crate::promotion::{migration_fingerprint, short, Outcome as PromOutcome};
 
 /// Map a policy class to its metric label.
 pub fn class_label(c: StatementClass) -> ClassLabel {
@@ -132,18 +133,76 @@ impl<'a> Observer<'a> {
             self.completed(c);
         }
         for m in migs {
-            let outcome = match m {
-                MigrationEnd::Applied => MigrationOutcome::Applied,
-                MigrationEnd::Failed => MigrationOutcome::Failed,
-            };
-            self.shared.metrics.migration(&self.env.name, outcome);
-            tracing::info!(
-                env = %self.env.name,
-                role = %self.adm.login.role,
-                identity = %self.adm.login.identity,
-                outcome = ?m,
-                "migration finished"
-            );
+            self.migration_ended(m);
+        }
+    }
+
+    fn migration_ended(&self, m: EndedMigration) {
+        let outcome = match m.outcome {
+            MigrationEnd::Applied => MigrationOutcome::Applied,
+            MigrationEnd::Failed => MigrationOutcome::Failed,
+        };
+        self.shared.metrics.migration(&self.env.name, outcome);
+        let stmts: Vec<String> = m.statements.iter().map(|s| s.to_string()).collect();
+        let fp = migration_fingerprint(&stmts);
+        tracing::info!(
+            env = %self.env.name,
+            role = %self.adm.login.role,
+            identity = %self.adm.login.identity,
+            outcome = ?m.outcome,
+            migration = short(&fp),
+            statements = ?stmts.iter().map(|s| short(s).to_string()).collect::<Vec<_>>(),
+            "migration finished"
+        );
+        let Some(gate) = self.env.gate.clone().filter(|_| !stmts.is_empty()) else {
+            return;
+        };
+        let summary: String = m
+            .first_text
+            .as_deref()
+            .map(normalize)
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .chars()
+            .take(80)
+            .collect();
+        let env = self.env.name.to_string();
+        let identity = self.adm.login.identity.clone();
+        let o = match m.outcome {
+            MigrationEnd::Applied => PromOutcome::Applied,
+            MigrationEnd::Failed => PromOutcome::Failed,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = gate
+                .control
+                .record(&env, &fp, o, &identity, &summary, &stmts)
+                .await
+            {
+                tracing::error!(env = %env, migration = short(&fp), error = %e, "cannot record the migration outcome");
+            }
+        });
+    }
+
+    /// A promotion-gate decision (denied, or allowed with a warning).
+    pub fn gate(&self, message: &str, denied: bool, text: &str) {
+        if denied {
+            self.shared.metrics.promotion_denied(&self.env.name);
+        }
+        tracing::warn!(
+            env = %self.env.name,
+            identity = %self.adm.login.identity,
+            denied,
+            reason = message,
+            "promotion gate"
+        );
+        if let Some(a) = &self.shared.audit {
+            let o = if denied { Outcome::Denied } else { Outcome::Ok };
+            let mut r = self.record(StatementClass::Ddl, o, text);
+            r.kind = EventKind::Gate;
+            r.detail = Some(message.to_string());
+            let _ = a.log(r);
         }
     }
 

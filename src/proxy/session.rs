@@ -181,6 +181,10 @@ async fn open_tls(
             if let Some(t) = shared.cancels.lookup(&env.name, pid, secret) {
                 cancel::forward_cancel(&t).await;
             }
+            // End TLS with close_notify as PostgreSQL does: libpq 17+
+            // (PQcancelCreate) sends cancels over TLS and treats a bare TCP
+            // close as "SSL error: unexpected eof".
+            let _ = c.shutdown().await;
             Ok(Opening::Done)
         }
         Ok(_) => {

@@ -31,6 +31,8 @@ pub struct InFlight {
     pub text: Arc<str>,
     /// When it was sent.
     pub sent: Instant,
+    /// Canonical fingerprint, for ddl of migration sessions.
+    pub fp: Option<Arc<str>>,
 }
 
 /// A finished statement, for metrics, slow log and audit.
@@ -44,7 +46,18 @@ pub struct Completed {
     pub error: Option<String>,
 }
 
-/// A migration episode that ended.
+/// A migration episode that ended, with its ddl statements' fingerprints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndedMigration {
+    /// How it ended.
+    pub outcome: MigrationEnd,
+    /// Fingerprints of its ddl statements, in order.
+    pub statements: Vec<Arc<str>>,
+    /// Text of its first ddl statement's message.
+    pub first_text: Option<Arc<str>>,
+}
+
+/// How a migration episode ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MigrationEnd {
     /// Committed.
@@ -63,6 +76,9 @@ struct Segment {
     seen_terminals: usize,
     /// Denial to substitute: (terminal index, error frame).
     denial: Option<(usize, Bytes)>,
+    /// Replace the first CommandComplete with this error (a refused COMMIT
+    /// that the proxy turned into ROLLBACK).
+    swap_complete: Option<Bytes>,
     stmts: VecDeque<InFlight>,
     errored: bool,
 }
@@ -85,12 +101,14 @@ pub struct Tracker {
     migrations: bool,
     mig_ddl: bool,
     mig_error: bool,
+    mig_fps: Vec<Arc<str>>,
+    mig_text: Option<Arc<str>>,
     last_tag: Vec<u8>,
     last_mark: Option<Instant>,
     /// Statements finished since the relay last drained them.
     pub completed: Vec<Completed>,
     /// Migration episodes finished since the relay last drained them.
-    pub migrations_ended: Vec<MigrationEnd>,
+    pub migrations_ended: Vec<EndedMigration>,
 }
 
 impl Tracker {
@@ -103,6 +121,8 @@ impl Tracker {
             migrations,
             mig_ddl: false,
             mig_error: false,
+            mig_fps: Vec::new(),
+            mig_text: None,
             last_tag: Vec::new(),
             last_mark: None,
             completed: Vec::new(),
@@ -145,6 +165,16 @@ impl Tracker {
         });
     }
 
+    /// A refused COMMIT: the proxy sends ROLLBACK and its CommandComplete
+    /// is replaced by `error` (the transaction ends rolled back, as when a
+    /// COMMIT fails in PostgreSQL).
+    pub fn simple_swap(&mut self, error: Bytes) {
+        self.segments.push_back(Segment {
+            swap_complete: Some(error),
+            ..Segment::default()
+        });
+    }
+
     /// An extended-protocol message that yields one terminal response
     /// (Parse, Bind, Describe, Close, Execute) is being forwarded.
     pub fn extended(&mut self, stmt: Option<InFlight>) {
@@ -182,6 +212,17 @@ impl Tracker {
         match tag {
             b'1' | b'2' | b'3' | b'n' | b'T' => self.terminal(),
             b'C' | b'I' | b's' => {
+                if tag == b'C' {
+                    if let Some(err) = self
+                        .segments
+                        .front_mut()
+                        .and_then(|s| s.swap_complete.take())
+                    {
+                        self.mig_error = true;
+                        self.last_tag = b"ROLLBACK".to_vec();
+                        return Action::Replace(err);
+                    }
+                }
                 self.terminal();
                 if tag == b'C' {
                     self.last_tag.clear();
@@ -216,6 +257,12 @@ impl Tracker {
             };
             if self.migrations && stmt.class == StatementClass::Ddl {
                 self.mig_ddl = true;
+                if let Some(fp) = &stmt.fp {
+                    self.mig_fps.push(Arc::clone(fp));
+                }
+                if self.mig_text.is_none() {
+                    self.mig_text = Some(Arc::clone(&stmt.text));
+                }
             }
             self.completed.push(Completed {
                 duration: now.saturating_duration_since(start),
@@ -267,12 +314,18 @@ impl Tracker {
             if self.mig_ddl {
                 let committed = self.last_tag == b"COMMIT" || !self.mig_error;
                 let rolled_back = self.last_tag == b"ROLLBACK";
-                self.migrations_ended.push(if committed && !rolled_back {
-                    MigrationEnd::Applied
-                } else {
-                    MigrationEnd::Failed
+                self.migrations_ended.push(EndedMigration {
+                    outcome: if committed && !rolled_back {
+                        MigrationEnd::Applied
+                    } else {
+                        MigrationEnd::Failed
+                    },
+                    statements: std::mem::take(&mut self.mig_fps),
+                    first_text: self.mig_text.take(),
                 });
             }
+            self.mig_fps.clear();
+            self.mig_text = None;
             self.mig_ddl = false;
             self.mig_error = false;
         }
@@ -281,6 +334,12 @@ impl Tracker {
     /// Whether every sent request has been answered.
     pub fn idle(&self) -> bool {
         self.segments.is_empty()
+    }
+
+    /// Requests still awaiting their ReadyForQuery (bounded by what the
+    /// client sent; checked by the fuzz tests).
+    pub fn pending(&self) -> usize {
+        self.segments.len()
     }
 }
 

@@ -54,6 +54,8 @@ const HEADER: &str = "\
 #               USAGE/SELECT/UPDATE on sequences, for everything tw_E_owner
 #               creates (default privileges).
 #   tw_E_ro     SELECT on tables and sequences only.
+#   tw_E_monitor  the lock monitor's login (users.monitor): CONNECT and
+#               pg_monitor (sees every session's wait events), no table access.
 # Mapping of the levels' upstream users:
 #   ro      -> tw_E_ro everywhere (the proxy also starts the session with
 #              default_transaction_read_only=on).
@@ -95,7 +97,15 @@ fsync = \"interval\"
 
 [promotion]
 order = [{order}]
+
+[promotion.control]
+# Migration outcomes of every environment (the promotion gate reads the
+# predecessor's); each environment has its own login below.
+host = \"127.0.0.1\"
+port = {pg_port}
+database = \"tierwarden_control\"
 ",
+        pg_port = inp.pg_port,
         admin = admin_port(inp.port_base),
         ca = p.tls.join("ca.crt").display(),
         cert = path_str(inp.tls_cert),
@@ -155,6 +165,18 @@ verify_marker = true
         name = env.name,
         pg_port = inp.pg_port,
         db = env.database,
+    );
+    let control = super::control::control_user(env.name);
+    let _ = write!(
+        out,
+        "
+[environments.{name}.control]
+# Login to the promotion control database (this environment only).
+user = \"{control}\"
+password_file = {file}
+",
+        name = env.name,
+        file = path_str(&inp.paths.upstream_password(&control)),
     );
     for (key, kind) in config_user_mapping(env) {
         let user = upstream_user(env.name, kind);

@@ -100,7 +100,7 @@ impl SeedRole {
     }
 }
 
-/// The three upstream users of one environment.
+/// The four upstream users of one environment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum UpstreamKind {
     /// Owns the database and every object: the only ddl-capable user.
@@ -109,11 +109,18 @@ pub enum UpstreamKind {
     Rw,
     /// SELECT only.
     Ro,
+    /// The lock monitor: `pg_monitor` and CONNECT, no table access.
+    Monitor,
 }
 
 impl UpstreamKind {
     /// All kinds, owner first (it must exist before the grants).
-    pub const ALL: [UpstreamKind; 3] = [UpstreamKind::Owner, UpstreamKind::Rw, UpstreamKind::Ro];
+    pub const ALL: [UpstreamKind; 4] = [
+        UpstreamKind::Owner,
+        UpstreamKind::Rw,
+        UpstreamKind::Ro,
+        UpstreamKind::Monitor,
+    ];
 
     /// Suffix of the PostgreSQL role name.
     pub fn suffix(self) -> &'static str {
@@ -121,6 +128,7 @@ impl UpstreamKind {
             UpstreamKind::Owner => "owner",
             UpstreamKind::Rw => "rw",
             UpstreamKind::Ro => "ro",
+            UpstreamKind::Monitor => "monitor",
         }
     }
 }
@@ -130,10 +138,11 @@ pub fn upstream_user(env: &str, kind: UpstreamKind) -> String {
     format!("tw_{env}_{}", kind.suffix())
 }
 
-/// The upstream user behind each config key (`ro`, `rw`, `migrate`) of an
-/// environment. Outside production the `rw` level may run ddl, so `rw`
-/// maps to the owner there; in production `rw` is the DML-only user.
-pub fn config_user_mapping(env: &EnvPlan) -> [(&'static str, UpstreamKind); 3] {
+/// The upstream user behind each config key (`ro`, `rw`, `migrate`,
+/// `monitor`) of an environment. Outside production the `rw` level may run
+/// ddl, so `rw` maps to the owner there; in production `rw` is the DML-only
+/// user.
+pub fn config_user_mapping(env: &EnvPlan) -> [(&'static str, UpstreamKind); 4] {
     let rw = if env.is_production() {
         UpstreamKind::Rw
     } else {
@@ -143,6 +152,7 @@ pub fn config_user_mapping(env: &EnvPlan) -> [(&'static str, UpstreamKind); 3] {
         ("ro", UpstreamKind::Ro),
         ("rw", rw),
         ("migrate", UpstreamKind::Owner),
+        ("monitor", UpstreamKind::Monitor),
     ]
 }
 
@@ -274,6 +284,6 @@ mod tests {
         all.sort();
         all.dedup();
         assert_eq!(all.len(), n);
-        assert_eq!(n, 12);
+        assert_eq!(n, 16);
     }
 }

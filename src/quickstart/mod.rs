@@ -17,6 +17,7 @@
 
 pub mod binaries;
 pub mod cluster;
+pub mod control;
 pub mod configgen;
 pub mod files;
 pub mod layout;
@@ -196,11 +197,15 @@ pub async fn prepare(args: &QuickstartArgs) -> Result<Prepared, QuickstartError>
                 owner: pw(UpstreamKind::Owner),
                 rw: pw(UpstreamKind::Rw),
                 ro: pw(UpstreamKind::Ro),
+                monitor: pw(UpstreamKind::Monitor),
             };
             (env.clone(), passwords)
         })
         .collect();
     provision::provision(&cluster, &plan).await?;
+    control::provision_control(&cluster, &envs, &paths)
+        .await
+        .map_err(|e| QuickstartError::Internal(format!("control database: {e}")))?;
 
     let verifiers = identity_verifiers(id_pw.clone()).await?;
     let text = configgen::render(&configgen::ConfigInputs {

@@ -7,11 +7,14 @@
 //! ddl-capable user); `tw_E_rw` gets DML on tables and use of sequences,
 //! `tw_E_ro` gets SELECT, both through default privileges of the owner so
 //! whatever is created later is covered; nobody but the three can connect to
-//! `app_E` (CONNECT revoked from PUBLIC). May use: tokio-postgres as the
-//! cluster superuser, `auth::verifier` (passwords are sent as SCRAM
-//! verifiers, never in clear). Must never: grant superuser, CREATEDB,
-//! CREATEROLE or membership in another role, or share a user between
-//! environments.
+//! `app_E` (CONNECT revoked from PUBLIC). `tw_E_monitor` (the lock
+//! monitor's login) can CONNECT and is a member of the predefined
+//! `pg_monitor` (to see other sessions' wait events) but has no schema or
+//! table privilege. May use: tokio-postgres as the cluster superuser,
+//! `auth::verifier` (passwords are sent as SCRAM verifiers, never in clear).
+//! Must never: grant superuser, CREATEDB, CREATEROLE or membership in
+//! another role (except `pg_monitor` to the monitor user), or share a user
+//! between environments.
 
 use tokio_postgres::Client;
 
@@ -49,6 +52,8 @@ pub struct EnvPasswords<'a> {
     pub rw: &'a str,
     /// Read-only user password.
     pub ro: &'a str,
+    /// Lock-monitor user password.
+    pub monitor: &'a str,
 }
 
 impl EnvPasswords<'_> {
@@ -57,6 +62,7 @@ impl EnvPasswords<'_> {
             UpstreamKind::Owner => self.owner,
             UpstreamKind::Rw => self.rw,
             UpstreamKind::Ro => self.ro,
+            UpstreamKind::Monitor => self.monitor,
         }
     }
 }
@@ -113,6 +119,7 @@ async fn ensure_database(admin: &Client, env: &EnvPlan) -> Result<bool, Provisio
     let owner = upstream_user(env.name, UpstreamKind::Owner);
     let rw = upstream_user(env.name, UpstreamKind::Rw);
     let ro = upstream_user(env.name, UpstreamKind::Ro);
+    let monitor = upstream_user(env.name, UpstreamKind::Monitor);
     let exists = admin
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[db])
         .await
@@ -131,12 +138,13 @@ async fn ensure_database(admin: &Client, env: &EnvPlan) -> Result<bool, Provisio
         "ALTER DATABASE {db} OWNER TO {owner};\n\
          COMMENT ON DATABASE {db} IS {marker};\n\
          REVOKE ALL ON DATABASE {db} FROM PUBLIC;\n\
-         GRANT CONNECT ON DATABASE {db} TO {rw}, {ro};"
+         GRANT CONNECT ON DATABASE {db} TO {rw}, {ro}, {monitor};\n\
+         GRANT pg_monitor TO {monitor};"
     );
     admin
         .batch_execute(&stmts)
         .await
-        .map_err(sql(format!("database {db} ownership and CONNECT")))?;
+        .map_err(sql(format!("database {db} ownership, CONNECT, pg_monitor")))?;
     Ok(!exists)
 }
 

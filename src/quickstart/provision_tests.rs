@@ -43,6 +43,7 @@ async fn every_user_gets_exactly_its_privileges() {
                 owner: "devOwner1",
                 rw: "devRw1",
                 ro: "devRo1",
+                monitor: "devMon1",
             },
         ),
         (
@@ -51,6 +52,7 @@ async fn every_user_gets_exactly_its_privileges() {
                 owner: "prodOwner1",
                 rw: "prodRw1",
                 ro: "prodRo1",
+                monitor: "prodMon1",
             },
         ),
     ];
@@ -160,12 +162,33 @@ async fn every_user_gets_exactly_its_privileges() {
         assert_eq!(code(&e), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{stmt}");
     }
 
+    // The monitor: sees other users' wait events (pg_monitor), reads no table.
+    let mon = connect(&cluster, "tw_prod_monitor", "prodMon1", "app_prod")
+        .await
+        .unwrap();
+    // (`ro` is still connected; without pg_monitor its state reads NULL.)
+    let visible: i64 = mon
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE usename = 'tw_prod_ro' AND state IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(visible >= 1, "pg_monitor shows other users' activity");
+    for stmt in ["SELECT * FROM accounts", "CREATE TABLE nope (id int)"] {
+        let e = mon.batch_execute(stmt).await.unwrap_err();
+        assert_eq!(code(&e), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{stmt}");
+    }
+
     // Environments are walled off: no cross-environment CONNECT, no maintenance db.
     for (user, pw, db) in [
         ("tw_dev_owner", "devOwner1", "app_prod"),
         ("tw_dev_ro", "devRo1", "app_prod"),
         ("tw_prod_rw", "prodRw1", "app_dev"),
         ("tw_prod_owner", "prodOwner1", "postgres"),
+        ("tw_dev_monitor", "devMon1", "app_prod"),
     ] {
         let e = connect(&cluster, user, pw, db).await.unwrap_err();
         assert_eq!(

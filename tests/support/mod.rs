@@ -175,8 +175,15 @@ pub struct Proxy {
 /// Start a proxy over the world with ephemeral ports and its own audit
 /// file; `edit` may change the configuration first.
 pub async fn start_proxy(edit: impl FnOnce(&mut Config)) -> Proxy {
+    start_proxy_at(&world().config_path, edit).await
+}
+
+/// Like [`start_proxy`], but from the config file at `path` (which also
+/// becomes the proxy's `config_path`, the file `serve::reload` reads): use
+/// a copy of the world's config when a test rewrites it.
+pub async fn start_proxy_at(path: &Path, edit: impl FnOnce(&mut Config)) -> Proxy {
     let w = world();
-    let mut cfg = w.config();
+    let mut cfg = config::load(path).expect("config loads");
     for e in cfg.environments.values_mut() {
         e.listen = "127.0.0.1:0".into();
     }
@@ -188,7 +195,7 @@ pub async fn start_proxy(edit: impl FnOnce(&mut Config)) -> Proxy {
     }
     edit(&mut cfg);
     let envs: Vec<String> = cfg.environments.keys().cloned().collect();
-    let server = tierwarden::serve::start(cfg, &w.config_path, envs)
+    let server = tierwarden::serve::start(cfg, path, envs)
         .await
         .expect("proxy starts");
     let addrs = server.addrs.iter().cloned().collect();
@@ -273,6 +280,33 @@ impl Proxy {
         tokio::spawn(conn);
         Ok(c)
     }
+    /// Connect `role@env` with `password` (TLS for prod) and keep the
+    /// connection task's result: a FATAL the proxy sends while the client
+    /// is idle ends that task with the server's error.
+    pub async fn connect_watched(
+        &self,
+        role: &str,
+        env: &str,
+        password: &str,
+    ) -> Result<(tokio_postgres::Client, Watched), tokio_postgres::Error> {
+        let w = world();
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host("127.0.0.1")
+            .port(self.addrs[env].port())
+            .user(w.user(role))
+            .password(password)
+            .dbname(w.database(env))
+            .connect_timeout(std::time::Duration::from_secs(10));
+        if env == "prod" {
+            cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
+            let (c, conn) = cfg.connect(tls_connector()).await?;
+            Ok((c, tokio::spawn(conn)))
+        } else {
+            cfg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+            let (c, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+            Ok((c, tokio::spawn(conn)))
+        }
+    }
     /// GET an admin path; returns (status, body).
     pub async fn http_get(&self, path: &str) -> (u16, String) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -297,6 +331,20 @@ impl Proxy {
         if let Some(d) = self.done.take() {
             let _ = d.await;
         }
+    }
+}
+
+/// The connection task of [`Proxy::connect_watched`].
+pub type Watched = tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>;
+
+/// Waits (at most `secs`) for a watched connection to end; returns the
+/// error that ended it (panics if it ended cleanly or did not end).
+pub async fn ended_with(conn: Watched, secs: u64) -> tokio_postgres::Error {
+    match tokio::time::timeout(std::time::Duration::from_secs(secs), conn).await {
+        Ok(Ok(Err(e))) => e,
+        Ok(Ok(Ok(()))) => panic!("connection ended without an error"),
+        Ok(Err(e)) => panic!("connection task failed: {e}"),
+        Err(_) => panic!("connection still open after {secs}s"),
     }
 }
 
