@@ -181,6 +181,7 @@ async fn scram_flow(
     let mechs = mechanisms(binding.is_some());
     let mut scram = ScramServer::new(verifier, user, binding);
     client.write_all(&encode::auth_sasl(&mechs)).await?;
+    client.flush().await?;
     let body = read_password_frame(client, buf).await?;
     let (mech, rest) = cstr(&body)?;
     if rest.len() < 4 {
@@ -197,9 +198,11 @@ async fn scram_flow(
     let bad = || AuthFailure::BadCredentials(user.into(), AuthFailReason::BadCredentials);
     let first = scram.client_first(mech, data).map_err(|_| bad())?;
     client.write_all(&encode::auth_sasl_continue(first)).await?;
+    client.flush().await?;
     let body = read_password_frame(client, buf).await?;
     let fin = scram.client_final(&body).map_err(|_| bad())?;
     client.write_all(&encode::auth_sasl_final(fin)).await?;
+    client.flush().await?;
     Ok(())
 }
 
@@ -211,6 +214,7 @@ async fn cleartext_flow(
     env: &EnvRuntime,
 ) -> Result<Option<TokenClaims>, AuthFailure> {
     client.write_all(&encode::auth_cleartext()).await?;
+    client.flush().await?;
     let body = read_password_frame(client, buf).await?;
     let (pw, _) = cstr(&body)?;
     let pw = std::str::from_utf8(pw)

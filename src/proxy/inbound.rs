@@ -155,26 +155,34 @@ impl<'a> Inbound<'a> {
             .cfg
             .idle_in_transaction_timeout_ms
             .map(Duration::from_millis);
-        let in_tx = tracker
-            .lock()
-            .map(|t| t.idle() && t.status != b'I')
-            .unwrap_or(false);
-        let read = cr.read_buf(buf);
-        let r = match limit.filter(|_| in_tx) {
-            Some(l) => match tokio::time::timeout(l, read).await {
-                Ok(r) => r,
-                Err(_) => {
-                    self.end_with(format!(
-                        "terminating connection due to idle-in-transaction timeout ({} ms)",
-                        l.as_millis()
-                    ));
-                    std::future::pending::<()>().await;
-                    return Err(RelayEnd::Killed("idle in transaction".into()));
-                }
-            },
-            None => read.await,
+        let failed = |e: std::io::Error| RelayEnd::Protocol(format!("client read failed: {e}"));
+        let Some(l) = limit else {
+            return cr.read_buf(buf).await.map_err(failed);
         };
-        r.map_err(|e| RelayEnd::Protocol(format!("client read failed: {e}")))
+        // The read usually starts while the client's last statement is in
+        // flight (not idle yet): look at the state again every tick.
+        // `read_buf` is cancel-safe, so a timed-out read loses no bytes.
+        let tick = (l / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let mut idle_since: Option<Instant> = None;
+        loop {
+            let in_tx = tracker
+                .lock()
+                .map(|t| t.idle() && t.status != b'I')
+                .unwrap_or(false);
+            if !in_tx {
+                idle_since = None;
+            } else if idle_since.get_or_insert_with(Instant::now).elapsed() >= l {
+                self.end_with(format!(
+                    "terminating connection due to idle-in-transaction timeout ({} ms)",
+                    l.as_millis()
+                ));
+                std::future::pending::<()>().await;
+                return Err(RelayEnd::Killed("idle in transaction".into()));
+            }
+            if let Ok(r) = tokio::time::timeout(tick, cr.read_buf(buf)).await {
+                return r.map_err(failed);
+            }
+        }
     }
 
     /// Handle one complete client message; `Ok(false)` after Terminate.
@@ -250,7 +258,11 @@ impl<'a> Inbound<'a> {
                 t.simple(vec![], Some(denial_frame(&d)));
                 out.extend_from_slice(&injected_query());
             }
-            b'd' | b'c' | b'f' => out.extend_from_slice(&f.bytes),
+            b'd' => out.extend_from_slice(&f.bytes),
+            b'c' | b'f' => {
+                t.copy_end();
+                out.extend_from_slice(&f.bytes);
+            }
             b'X' => {
                 out.extend_from_slice(&f.bytes);
                 return Ok(false);
@@ -289,21 +301,30 @@ impl<'a> Inbound<'a> {
     fn classify(&self, text: &[u8]) -> Known {
         let text: Arc<str> = Arc::from(String::from_utf8_lossy(text).as_ref());
         let classified = self.rt.classifier.classify(&text);
-        let stmts: Vec<Statement> = classified
-            .statements
-            .iter()
-            .map(|s| match &s.execute_name {
-                Some(name) => match self.sql_prepared.get(name) {
-                    Some(k) if k.stmts.len() == 1 => {
-                        let mut body = k.stmts[0].clone();
-                        body.prepare_name = None;
-                        body
+        // PREPAREs earlier in this same message count for its EXECUTEs.
+        let mut here: HashMap<&str, &Statement> = HashMap::new();
+        let mut stmts: Vec<Statement> = Vec::with_capacity(classified.statements.len());
+        for s in classified.statements.iter() {
+            stmts.push(match &s.execute_name {
+                Some(name) => {
+                    let remembered = self
+                        .sql_prepared
+                        .get(name)
+                        .filter(|k| k.stmts.len() == 1)
+                        .map(|k| &k.stmts[0]);
+                    match here.get(name.as_str()).copied().or(remembered) {
+                        Some(body) => body.executed_with(s),
+                        None => unknown_statement(format!(
+                            "EXECUTE {name} (unknown prepared statement)"
+                        )),
                     }
-                    _ => unknown_statement(format!("EXECUTE {name} (unknown prepared statement)")),
-                },
+                }
                 None => s.clone(),
-            })
-            .collect();
+            });
+            if let Some(name) = &s.prepare_name {
+                here.insert(name, s);
+            }
+        }
         let fps = self
             .gate
             .as_ref()

@@ -162,13 +162,15 @@ async fn client_to_upstream(
                 Ok(true) => {}
                 Ok(false) => {
                     let _ = uw.write_all(&out).await;
+                    let _ = uw.flush().await;
                     return RelayEnd::ClientClosed;
                 }
                 Err(e) => return e,
             }
         }
         if !out.is_empty() {
-            if let Err(e) = uw.write_all(&out).await {
+            // flush: a TLS stream may hold encrypted records back otherwise
+            if let Err(e) = write_flush(&mut uw, &out).await {
                 return RelayEnd::UpstreamLost(e.to_string());
             }
             out.clear();
@@ -176,11 +178,16 @@ async fn client_to_upstream(
     }
 }
 
+async fn write_flush<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, b: &[u8]) -> std::io::Result<()> {
+    w.write_all(b).await?;
+    w.flush().await
+}
+
 /// Tags whose full frame the proxy reads (everything else streams through).
 fn inspected(tag: u8) -> bool {
     matches!(
         tag,
-        b'Z' | b'E' | b'C' | b'I' | b's' | b'1' | b'2' | b'3' | b'n' | b'T'
+        b'Z' | b'E' | b'C' | b'I' | b's' | b'1' | b'2' | b'3' | b'n' | b'T' | b'G'
     )
 }
 
@@ -202,12 +209,12 @@ async fn upstream_to_client(
             _ = kill.cancelled() => {
                 let why = reason.lock().ok().and_then(|r| r.clone()).unwrap_or_else(|| "session closed".into());
                 let f = encode::error(Severity::Fatal, sqlstate::ADMIN_SHUTDOWN, &format!("tierwarden: {why}"), None);
-                let _ = cw.write_all(&f).await;
+                let _ = write_flush(&mut cw, &f).await;
                 return RelayEnd::Killed(why);
             }
             _ = shared.shutdown.cancelled(), if tracker.lock().map(|t| t.idle() && t.status == b'I').unwrap_or(true) => {
                 let f = encode::error(Severity::Fatal, sqlstate::ADMIN_SHUTDOWN, "tierwarden: the proxy is shutting down", None);
-                let _ = cw.write_all(&f).await;
+                let _ = write_flush(&mut cw, &f).await;
                 return RelayEnd::Killed("shutdown".into());
             }
             r = ur.read_buf(&mut buf) => r,
@@ -224,7 +231,7 @@ async fn upstream_to_client(
                     "tierwarden: the upstream database connection was lost",
                     Some("the session ended; reconnect to start a new one"),
                 );
-                let _ = cw.write_all(&f).await;
+                let _ = write_flush(&mut cw, &f).await;
                 return RelayEnd::UpstreamLost(why);
             }
             Ok(_) => {}
@@ -234,7 +241,7 @@ async fn upstream_to_client(
             Err(e) => return RelayEnd::UpstreamLost(e.to_string()),
         };
         if !out.is_empty() {
-            if let Err(e) = cw.write_all(&out).await {
+            if let Err(e) = write_flush(&mut cw, &out).await {
                 return RelayEnd::Protocol(format!("client write failed: {e}"));
             }
             out.clear();

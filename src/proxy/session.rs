@@ -94,12 +94,14 @@ pub async fn run(sock: TcpStream, peer: SocketAddr, env_name: Arc<str>, shared: 
         Ok(Ok(a)) => a,
         Ok(Err(fatal)) => {
             let _ = client.write_all(&fatal.frame()).await;
+            let _ = client.flush().await;
             let _ = client.shutdown().await;
             return;
         }
         Err(_) => {
             let f = Fatal::new(sqlstate::CANNOT_CONNECT_NOW, "authentication timed out");
             let _ = client.write_all(&f.frame()).await;
+            let _ = client.flush().await;
             return;
         }
     };
@@ -193,11 +195,13 @@ async fn open_tls(
                 "unexpected negotiation request inside TLS",
             );
             c.write_all(&f.frame()).await?;
+            c.flush().await?;
             Ok(Opening::Done)
         }
         Err(e) => {
             let f = Fatal::new(sqlstate::PROTOCOL_VIOLATION, e.to_string());
             c.write_all(&f.frame()).await?;
+            c.flush().await?;
             Ok(Opening::Done)
         }
     }
@@ -341,7 +345,7 @@ async fn connected(
     }
     hello.extend_from_slice(&encode::backend_key(key.pid, key.secret));
     hello.extend_from_slice(&encode::ready(b'I'));
-    if client.write_all(&hello).await.is_err() {
+    if client.write_all(&hello).await.is_err() || client.flush().await.is_err() {
         return;
     }
     admission::audit_connect(&shared, &env, &admitted, peer);

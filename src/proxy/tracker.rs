@@ -81,6 +81,9 @@ struct Segment {
     swap_complete: Option<Bytes>,
     stmts: VecDeque<InFlight>,
     errored: bool,
+    /// The upstream answered CopyInResponse: it is in copy-in mode and
+    /// ignores Sync until the client's CopyDone/CopyFail.
+    in_copy: bool,
 }
 
 /// What the upstream→client side must do with one backend message.
@@ -207,6 +210,24 @@ impl Tracker {
         s.open = false;
     }
 
+    /// The client's CopyDone or CopyFail is being forwarded. PostgreSQL
+    /// ignores Sync in copy-in mode, so when the COPY came from the extended
+    /// protocol (drivers send Bind/Execute/Sync, then the data) the Syncs
+    /// sent since its Execute answer nothing: the segment in copy-in mode is
+    /// reopened and the next Sync closes it; segments opened by ignored Syncs
+    /// are dropped. Without a CopyInResponse first, nothing changes.
+    pub fn copy_end(&mut self) {
+        let Some(pos) = self.segments.iter().position(|s| s.in_copy) else {
+            return;
+        };
+        self.segments.truncate(pos + 1);
+        let s = &mut self.segments[pos];
+        s.in_copy = false;
+        if s.extended {
+            s.open = true;
+        }
+    }
+
     /// Handle one backend message (`body` excludes the 5-byte header).
     pub fn on_backend(&mut self, tag: u8, body: &[u8], now: Instant) -> Action {
         match tag {
@@ -232,6 +253,11 @@ impl Tracker {
                 self.complete(now, None);
             }
             b'E' => return self.error(body, now),
+            b'G' => {
+                if let Some(s) = self.segments.front_mut() {
+                    s.in_copy = true;
+                }
+            }
             b'Z' => self.ready(body.first().copied().unwrap_or(b'I')),
             _ => {}
         }

@@ -137,3 +137,31 @@ fn multi_statement_error_skips_the_rest() {
     assert_eq!(t.completed[1].stmt.class, StatementClass::Write);
     assert!(t.idle());
 }
+
+#[test]
+fn extended_copy_in_sync_before_data_yields_one_ready() {
+    // tokio-postgres/libpq: Bind, Execute, Sync; data; CopyDone, Sync. The
+    // first Sync arrives in copy-in mode and is ignored by the server.
+    let mut t = Tracker::new(false);
+    let now = Instant::now();
+    t.extended(None); // Bind
+    t.extended(Some(stmt(StatementClass::Write))); // Execute
+    t.sync();
+    t.on_backend(b'2', b"", now);
+    t.on_backend(b'G', b"", now);
+    t.copy_end();
+    t.sync();
+    t.on_backend(b'C', b"COPY 1\0", now);
+    t.on_backend(b'Z', b"I", now);
+    assert!(t.idle(), "one ReadyForQuery answers the whole COPY");
+    // The next denial is substituted in its own response.
+    t.simple(vec![], Some(Bytes::from_static(b"DENIED")));
+    assert!(matches!(t.on_backend(b'E', &err("42601"), now), Action::Replace(_)));
+    t.on_backend(b'Z', b"I", now);
+    assert!(t.idle());
+    // A stray CopyDone without a CopyInResponse changes nothing.
+    t.copy_end();
+    t.simple(vec![], None);
+    t.on_backend(b'Z', b"I", now);
+    assert!(t.idle());
+}
