@@ -79,6 +79,13 @@ enum Command {
 enum TokenCmd {
     /// Print a new signing key (PASERK); keep it secret.
     Keygen,
+    /// Print the public (verification) key of a signing key file; give
+    /// proxies only this (`token_key_file` accepts either).
+    Pubkey {
+        /// Signing key file (k4.secret...).
+        #[arg(long)]
+        key_file: PathBuf,
+    },
     /// Issue a signed token.
     Issue {
         /// Configuration file (for the identity's role and the key).
@@ -153,6 +160,18 @@ pub fn main() -> i32 {
                 1
             }
         },
+        Command::Token(TokenCmd::Pubkey { key_file }) => {
+            match crate::auth::token::TokenKey::from_file(&key_file) {
+                Ok(k) => {
+                    println!("{}", k.public_key().to_paserk());
+                    0
+                }
+                Err(e) => {
+                    eprintln!("tierwarden: {}: {e}", key_file.display());
+                    EXIT_CONFIG
+                }
+            }
+        }
         Command::Token(TokenCmd::Issue {
             config,
             env,
@@ -233,6 +252,7 @@ async fn serve(path: PathBuf, envs: Vec<String>) -> i32 {
         Ok(x) => x,
         Err(code) => return code,
     };
+    install_signal_handlers();
     let server = match crate::serve::start(cfg, &path, served).await {
         Ok(s) => s,
         Err(e) => {
@@ -248,6 +268,21 @@ async fn serve(path: PathBuf, envs: Vec<String>) -> i32 {
     }
     server.run(tokio_util::sync::CancellationToken::new()).await;
     0
+}
+
+/// Replace the default (terminating) actions of SIGHUP/SIGTERM/SIGINT
+/// before any port opens; `Server::run` then receives them.
+pub fn install_signal_handlers() {
+    use tokio::signal::unix::{signal, SignalKind};
+    for k in [
+        SignalKind::hangup(),
+        SignalKind::terminate(),
+        SignalKind::interrupt(),
+    ] {
+        if let Err(e) = signal(k) {
+            tracing::error!(error = %e, "cannot install a signal handler");
+        }
+    }
 }
 
 /// Parse `30s`, `15m`, `1h`, `2d`.

@@ -80,9 +80,13 @@ pub async fn check(path: PathBuf, envs: Vec<String>, offline: bool) -> i32 {
         if env.cfg.upstream.verify_marker {
             match crate::marker::check_marker(env).await {
                 Ok(()) => println!("  {name}: identity marker ok"),
-                Err(m) => {
+                Err(crate::marker::MarkerError::Mismatch(m)) => {
                     println!("  {name}: {m}");
                     return EXIT_CONFIG;
+                }
+                Err(e) => {
+                    failed = true;
+                    println!("  {name}: {e}");
                 }
             }
         }
@@ -193,6 +197,7 @@ pub async fn quickstart(dir: PathBuf, port_base: u16) -> i32 {
         Ok(x) => x,
         Err(code) => return code,
     };
+    crate::cli::install_signal_handlers();
     let server = match crate::serve::start(cfg, &prepared.config_path, served).await {
         Ok(s) => s,
         Err(e) => {

@@ -4,6 +4,7 @@
 //!
 //! Owns: reading and judging the marker. Must never: change the database.
 
+use crate::auth::tls::UpstreamTlsMode;
 use crate::shared::EnvRuntime;
 
 /// Judge a database comment for environment `env`.
@@ -25,17 +26,36 @@ pub fn judge(env: &str, comment: Option<&str>) -> Result<(), String> {
     }
 }
 
-/// Connect with the environment's first login and check the marker.
-pub async fn check_marker(env: &EnvRuntime) -> Result<(), String> {
+/// Why the marker check did not pass.
+#[derive(Debug)]
+pub enum MarkerError {
+    /// The upstream carries another environment's marker, or none: refuse to start.
+    Mismatch(String),
+    /// The upstream cannot be reached or read now.
+    Unreachable(String),
+}
+
+impl std::fmt::Display for MarkerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MarkerError::Mismatch(m) | MarkerError::Unreachable(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Connect with the environment's first login (honouring its upstream
+/// `sslmode`) and check the marker.
+pub async fn check_marker(env: &EnvRuntime) -> Result<(), MarkerError> {
+    let unreachable = |e: String| {
+        MarkerError::Unreachable(format!(
+            "environment {}: cannot read the identity marker: {e}",
+            env.name
+        ))
+    };
     let login = ["monitor", "ro", "rw", "migrate"]
         .iter()
         .find_map(|k| env.logins.get(*k))
-        .ok_or_else(|| {
-            format!(
-                "environment {}: no upstream login to check the marker",
-                env.name
-            )
-        })?;
+        .ok_or_else(|| unreachable("no upstream login".into()))?;
     let u = &env.cfg.upstream;
     let mut cfg = tokio_postgres::Config::new();
     cfg.host(&u.host)
@@ -46,23 +66,38 @@ pub async fn check_marker(env: &EnvRuntime) -> Result<(), String> {
     if let Some(p) = &login.password {
         cfg.password(p);
     }
-    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await.map_err(|e| {
-        format!(
-            "environment {}: cannot read the identity marker: {e}",
-            env.name
-        )
-    })?;
-    let task = tokio::spawn(conn);
+    let client = match &env.upstream_tls {
+        Some(tls) => {
+            cfg.ssl_mode(match u.sslmode {
+                UpstreamTlsMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+                _ => tokio_postgres::config::SslMode::Require,
+            });
+            let mk = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
+            let (c, conn) = cfg
+                .connect(mk)
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            tokio::spawn(conn);
+            c
+        }
+        None => {
+            let (c, conn) = cfg
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            tokio::spawn(conn);
+            c
+        }
+    };
     let row = client
         .query_one(
             "SELECT pg_catalog.shobj_description(oid, 'pg_database') FROM pg_catalog.pg_database WHERE datname = current_database()",
             &[],
         )
         .await
-        .map_err(|e| format!("environment {}: cannot read the identity marker: {e}", env.name));
-    task.abort();
-    let comment: Option<String> = row?.get(0);
-    judge(&env.name, comment.as_deref())
+        .map_err(|e| unreachable(e.to_string()))?;
+    let comment: Option<String> = row.get(0);
+    judge(&env.name, comment.as_deref()).map_err(MarkerError::Mismatch)
 }
 
 #[cfg(test)]

@@ -44,6 +44,9 @@ pub enum ServeError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The upstream's identity marker names another environment (or none).
+    #[error("{0}")]
+    Marker(String),
     /// The audit log cannot be opened.
     #[error("audit: {0}")]
     Audit(String),
@@ -103,6 +106,15 @@ fn audit_config(c: &Config, base: &Path) -> Option<AuditConfig> {
 /// Build everything and bind every listener.
 pub async fn start(config: Config, path: &Path, served: Vec<String>) -> Result<Server, ServeError> {
     let rt = build_runtime(config, path, &served)?;
+    for env in rt.envs.values().filter(|e| e.cfg.upstream.verify_marker) {
+        match crate::marker::check_marker(env).await {
+            Ok(()) => {}
+            Err(crate::marker::MarkerError::Mismatch(m)) => return Err(ServeError::Marker(m)),
+            Err(e) => {
+                tracing::warn!(env = %env.name, error = %e, "identity marker not checked: upstream unreachable")
+            }
+        }
+    }
     let (audit, audit_task) = match audit_config(&rt.config, &rt.base) {
         Some(cfg) => {
             let (h, j) = AuditSink::start(cfg).map_err(|e| ServeError::Audit(e.to_string()))?;

@@ -237,7 +237,7 @@ pub struct Upstream {
     pub port: u16,
     /// Database name; clients' database names are mapped to it.
     pub database: String,
-    /// `disable` (default), `prefer`, `require`, `verify-ca`, `verify-full`.
+    /// `disable`, `prefer` (default, as libpq), `require`, `verify-ca`, `verify-full`.
     #[serde(default)]
     pub sslmode: UpstreamTlsMode,
     /// CA certificate for `verify-ca` / `verify-full`.
@@ -246,7 +246,8 @@ pub struct Upstream {
     /// optional `monitor` login of the lock monitor (granted `pg_monitor`).
     pub users: BTreeMap<String, UpstreamUser>,
     /// Optional identity marker: the database comment must contain
-    /// `tierwarden:env=<name>` (checked at startup when true).
+    /// `tierwarden:env=<name>`; checked by `serve` at startup (a mismatch
+    /// refuses to start; an unreachable upstream is logged) and by `check`.
     #[serde(default)]
     pub verify_marker: bool,
 }

@@ -287,6 +287,9 @@ fn register_env_precreates_zero_counters() {
     assert!(text
         .lines()
         .any(|l| l == r#"tierwarden_connection_spikes_total{env="prod"} 0"#));
-    // upstream_up is not invented before the monitor has spoken.
-    assert!(!text.contains("tierwarden_upstream_up{"));
+    // upstream_up exists from the start, down until the monitor's first poll
+    // (like /readyz), so an env whose monitor never runs is visibly down.
+    assert!(text
+        .lines()
+        .any(|l| l == r#"tierwarden_upstream_up{env="prod"} 0"#));
 }

@@ -219,6 +219,33 @@ impl Statement {
             summary: "unparseable statement".to_string(),
         }
     }
+
+    /// What `EXECUTE p(args)` does, `self` being the body remembered at
+    /// `PREPARE p` and `exec` the EXECUTE statement: the body, made more
+    /// dangerous by the parameters when they call classed functions
+    /// (`EXECUTE p(nextval('s'))` is at least `write`; a read-only escape in a
+    /// parameter carries its `makes_writable`). A plain EXECUTE is `session`,
+    /// which never raises the body's class.
+    pub fn executed_with(&self, exec: &Statement) -> Statement {
+        let mut out = self.clone();
+        out.prepare_name = None;
+        out.makes_writable |= exec.makes_writable;
+        let params = match exec.class {
+            StatementClass::Session => StatementClass::Read,
+            c => c,
+        };
+        if params.rank() > self.class.rank() {
+            out.class = params;
+            out.tables_written = exec.tables_written.clone();
+            out.ledger_only_write = exec.ledger_only_write;
+            out.summary = exec.summary.clone();
+        } else if params == StatementClass::Write && self.class == StatementClass::Write {
+            out.ledger_only_write &= exec.ledger_only_write;
+            out.tables_written
+                .extend(exec.tables_written.iter().cloned());
+        }
+        out
+    }
 }
 
 /// All statements of one query string, in order. An empty query string gives none.

@@ -163,6 +163,9 @@ pub fn admit(
         shared
             .metrics
             .connection_attempt(&env.name, crate::observe::labels::ConnOutcome::Refused);
+        shared
+            .metrics
+            .auth_failure(&env.name, crate::observe::labels::AuthFailReason::LevelNone);
         return Err(Fatal {
             code: sqlstate::INVALID_AUTHORIZATION,
             message: format!(
@@ -265,7 +268,7 @@ fn take_slot(role: &str, env: &EnvRuntime, shared: &Shared) -> Result<Slot, Fata
     let refuse = |what: String| {
         shared
             .metrics
-            .connection_attempt(&env.name, crate::observe::labels::ConnOutcome::Refused);
+            .connection_attempt(&env.name, crate::observe::labels::ConnOutcome::Limited);
         Fatal::new(sqlstate::TOO_MANY_CONNECTIONS, what)
     };
     let n = state.sessions.fetch_add(1, Ordering::Relaxed) + 1;

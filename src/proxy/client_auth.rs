@@ -118,7 +118,9 @@ pub async fn authenticate(
     peer: IpAddr,
 ) -> Result<Login, AuthFailure> {
     let limited = env.cfg.rate_limited();
-    if limited && shared.ratelimit.is_limited(peer, user, Instant::now()) {
+    // Credentials are per environment, so failures are too.
+    let key = format!("{}/{user}", env.name);
+    if limited && shared.ratelimit.is_limited(peer, &key, Instant::now()) {
         return Err(AuthFailure::RateLimited);
     }
     let tls = client.is_tls();
@@ -144,7 +146,7 @@ pub async fn authenticate(
     match result {
         Ok(token) if ident.is_some() && role.is_some() => {
             if limited {
-                shared.ratelimit.record_success(peer, user, Instant::now());
+                shared.ratelimit.record_success(peer, &key, Instant::now());
             }
             Ok(Login {
                 identity: user.to_string(),
@@ -159,7 +161,7 @@ pub async fn authenticate(
         )),
         Err(e) => {
             if limited && matches!(e, AuthFailure::BadCredentials(..)) {
-                shared.ratelimit.record_failure(peer, user, Instant::now());
+                shared.ratelimit.record_failure(peer, &key, Instant::now());
             }
             Err(e)
         }

@@ -248,8 +248,11 @@ impl<'a> Inbound<'a> {
                 let d = Denial {
                     class: StatementClass::Privileged,
                     message: format!(
-                        "tierwarden: denied: the FunctionCall protocol message is not allowed for role {} in environment {}",
-                        self.adm.login.role, self.env.name
+                        "tierwarden: denied: privileged statement (FunctionCall protocol message) is not allowed for role {} at level {} in environment {} ({})",
+                        self.adm.login.role,
+                        self.adm.login.level.as_str(),
+                        self.env.name,
+                        self.env.tier().as_str()
                     ),
                     hint: "call the function with SELECT so the proxy can classify it".into(),
                 };

@@ -52,6 +52,10 @@ impl fmt::Display for RelayEnd {
 }
 
 const READ_BUF: usize = 64 * 1024;
+/// Kill reasons with this prefix are client protocol violations (08P01).
+const PROTOCOL_PREFIX: &str = "protocol violation: ";
+/// How long the writer side gets to deliver that FATAL to the client.
+const FATAL_GRACE: Duration = Duration::from_secs(2);
 
 /// Run an established session until it ends.
 pub async fn run(
@@ -95,9 +99,28 @@ pub async fn run(
             kill.cancel();
         }))
     });
+    let client_side = async {
+        let end = client_to_upstream(cr, uw, &tracker, &mut inbound).await;
+        if let RelayEnd::Protocol(why) = &end {
+            // Tell the client why, as PostgreSQL does (FATAL 08P01): the
+            // writer side owns the client socket, so hand it the reason.
+            if let Ok(mut r) = reason.lock() {
+                *r = Some(format!("{PROTOCOL_PREFIX}{why}"));
+            }
+            kill.cancel();
+            tokio::time::sleep(FATAL_GRACE).await;
+        }
+        end
+    };
     let end = tokio::select! {
-        e = client_to_upstream(cr, uw, &tracker, &mut inbound) => e,
+        e = client_side => e,
         e = upstream_to_client(ur, cw, &tracker, &observer, &kill, &reason, shared) => e,
+    };
+    let end = match end {
+        RelayEnd::Killed(why) if why.starts_with(PROTOCOL_PREFIX) => {
+            RelayEnd::Protocol(why[PROTOCOL_PREFIX.len()..].to_string())
+        }
+        e => e,
     };
     drop(expiry);
     observer.drain(&tracker);
@@ -208,7 +231,8 @@ async fn upstream_to_client(
             biased;
             _ = kill.cancelled() => {
                 let why = reason.lock().ok().and_then(|r| r.clone()).unwrap_or_else(|| "session closed".into());
-                let f = encode::error(Severity::Fatal, sqlstate::ADMIN_SHUTDOWN, &format!("tierwarden: {why}"), None);
+                let code = if why.starts_with(PROTOCOL_PREFIX) { sqlstate::PROTOCOL_VIOLATION } else { sqlstate::ADMIN_SHUTDOWN };
+                let f = encode::error(Severity::Fatal, code, &format!("tierwarden: {why}"), None);
                 let _ = write_flush(&mut cw, &f).await;
                 return RelayEnd::Killed(why);
             }

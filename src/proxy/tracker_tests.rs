@@ -156,7 +156,10 @@ fn extended_copy_in_sync_before_data_yields_one_ready() {
     assert!(t.idle(), "one ReadyForQuery answers the whole COPY");
     // The next denial is substituted in its own response.
     t.simple(vec![], Some(Bytes::from_static(b"DENIED")));
-    assert!(matches!(t.on_backend(b'E', &err("42601"), now), Action::Replace(_)));
+    assert!(matches!(
+        t.on_backend(b'E', &err("42601"), now),
+        Action::Replace(_)
+    ));
     t.on_backend(b'Z', b"I", now);
     assert!(t.idle());
     // A stray CopyDone without a CopyInResponse changes nothing.
