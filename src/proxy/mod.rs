@@ -7,8 +7,8 @@
 
 pub mod admission;
 pub mod cancel;
-pub mod gatekeeper;
 pub mod client_auth;
+pub mod gatekeeper;
 pub mod inbound;
 pub mod listener;
 pub mod observe_hooks;

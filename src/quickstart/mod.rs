@@ -17,8 +17,8 @@
 
 pub mod binaries;
 pub mod cluster;
-pub mod control;
 pub mod configgen;
+pub mod control;
 pub mod files;
 pub mod layout;
 pub mod provision;
