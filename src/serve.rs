@@ -20,7 +20,8 @@ use tokio_util::task::TaskTracker;
 use crate::audit::{AuditConfig, AuditHandle, AuditSink, FsyncPolicy};
 use crate::auth::ratelimit::AuthRateLimiter;
 use crate::config::{self, Config};
-use crate::observe::locks::{run_monitor, MonitorTarget, SessionLookup};
+use crate::auth::tls::UpstreamTlsMode;
+use crate::observe::locks::{run_monitor, MonitorTarget, MonitorTls, SessionLookup};
 use crate::observe::metrics::Metrics;
 use crate::observe::{serve_admin, AdminState};
 use crate::policy::{Level, Tier};
@@ -228,6 +229,10 @@ fn start_monitors(shared: &Arc<Shared>, background: &TaskTracker) {
         );
         t.interval = Duration::from_millis(env.cfg.lock_poll_ms);
         t.reachable = Arc::clone(&state.up);
+        t.tls = env.upstream_tls.as_ref().map(|c| MonitorTls {
+            config: Arc::clone(c),
+            prefer: u.sslmode == UpstreamTlsMode::Prefer,
+        });
         background.spawn(run_monitor(
             t,
             Arc::new(Lookup(Arc::clone(shared))),

@@ -4,8 +4,9 @@
 //!
 //! Owns the poll loop ([`run_monitor`]), its SQL, and the pure episode
 //! tracker ([`LockWaitTracker`]) that diffs the waiting set between polls. It
-//! may use tokio-postgres (plain TCP: the monitor connects to its own
-//! environment's upstream with a dedicated, read-only monitoring user),
+//! may use tokio-postgres (with the environment's upstream TLS settings:
+//! the monitor connects to its own environment's upstream with a dedicated,
+//! read-only monitoring user) and tokio-postgres-rustls,
 //! [`Metrics`] and a [`SessionLookup`] the proxy implements. It must never
 //! count a backend that is not a session of this proxy, never label anything
 //! with a pid, an identity or a query, and never write to the upstream.
@@ -23,7 +24,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio_postgres::NoTls;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
+use tokio_postgres::{NoTls, Socket};
 use tokio_util::sync::CancellationToken;
 
 use crate::observe::metrics::Metrics;
@@ -66,6 +68,19 @@ pub struct MonitorTarget {
     /// Latest reachability, for `/readyz`: true after a successful poll,
     /// false after a failed connect or query. Starts false.
     pub reachable: Arc<AtomicBool>,
+    /// TLS to the upstream (the environment's upstream client config);
+    /// `None`: plain TCP (`sslmode = "disable"`).
+    pub tls: Option<MonitorTls>,
+}
+
+/// TLS of the monitor's connection, as the environment's `upstream.sslmode`.
+#[derive(Clone)]
+pub struct MonitorTls {
+    /// The environment's upstream rustls client config (certificate checks
+    /// as configured by `sslmode` and `ca_file`).
+    pub config: Arc<rustls::ClientConfig>,
+    /// `prefer`: fall back to plain TCP when the server refuses TLS.
+    pub prefer: bool,
 }
 
 impl MonitorTarget {
@@ -87,6 +102,7 @@ impl MonitorTarget {
             password: password.into(),
             interval: DEFAULT_INTERVAL,
             reachable: Arc::new(AtomicBool::new(false)),
+            tls: None,
         }
     }
 
@@ -106,6 +122,13 @@ impl fmt::Debug for MonitorTarget {
             .field("user", &self.user)
             .field("password", &"<redacted>")
             .field("interval", &self.interval)
+            .field(
+                "tls",
+                &self
+                    .tls
+                    .as_ref()
+                    .map(|t| if t.prefer { "prefer" } else { "require" }),
+            )
             .finish()
     }
 }
@@ -224,7 +247,7 @@ pub fn apply(metrics: &Metrics, env: &str, poll: &LockPoll) {
     }
 }
 
-/// Open the monitor connection (plain TCP) and spawn its driver task.
+/// Open the monitor connection (TLS as configured) and spawn its driver task.
 pub async fn connect(t: &MonitorTarget) -> Result<tokio_postgres::Client, MonitorError> {
     let timeout = t.interval.max(IO_TIMEOUT);
     let mut cfg = tokio_postgres::Config::new();
@@ -235,7 +258,33 @@ pub async fn connect(t: &MonitorTarget) -> Result<tokio_postgres::Client, Monito
         .dbname(&t.dbname)
         .application_name("tierwarden-lock-monitor")
         .connect_timeout(timeout);
-    let connecting = cfg.connect(NoTls);
+    match &t.tls {
+        None => open(&cfg, NoTls, t, timeout).await,
+        Some(tls) => {
+            cfg.ssl_mode(if tls.prefer {
+                tokio_postgres::config::SslMode::Prefer
+            } else {
+                tokio_postgres::config::SslMode::Require
+            });
+            let mk = tokio_postgres_rustls::MakeRustlsConnect::new((*tls.config).clone());
+            open(&cfg, mk, t, timeout).await
+        }
+    }
+}
+
+async fn open<T>(
+    cfg: &tokio_postgres::Config,
+    tls: T,
+    t: &MonitorTarget,
+    timeout: Duration,
+) -> Result<tokio_postgres::Client, MonitorError>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+    T::TlsConnect: Send,
+    <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
+{
+    let connecting = cfg.connect(tls);
     let (client, connection) = match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(pair)) => pair,
         Ok(Err(source)) => {

@@ -2,11 +2,12 @@
 //! the connection spike detector (SPEC §5).
 //!
 //! Owns every exported series and the signals behind them. It may use
-//! `prometheus_client`, hyper, tokio and tokio-postgres (the lock monitor's own
-//! connection), and only `crate::observe::...` paths inside the crate. It must
-//! never export an identity, a statement text or any other unbounded value as
-//! a label, never serve anything on the admin listener but `/metrics`,
-//! `/healthz` and `/readyz`, and never make the per-statement path lock.
+//! `prometheus_client`, hyper, tokio, tokio-postgres and rustls (the lock
+//! monitor's own connection), and only `crate::observe::...` paths inside the
+//! crate. It must never export an identity, a statement text or any other
+//! unbounded value as a label, never serve anything on the admin listener but
+//! `/metrics`, `/healthz` and `/readyz`, and never make the per-statement
+//! path lock.
 //! The session maps its own types (policy class, outcome, SQLSTATE) onto the
 //! closed label enums of [`labels`].
 //!

@@ -48,6 +48,8 @@ pub struct Classifier {
     /// Ledger names: unqualified (`schema_migrations`, any schema) or qualified.
     ledger: Vec<String>,
     cache: Vec<Mutex<LruCache<String, Arc<Classified>>>>,
+    /// Results shared by texts that differ only in literals (see `shape`).
+    shapes: Vec<Mutex<LruCache<String, Arc<Classified>>>>,
 }
 
 impl std::fmt::Debug for Classifier {
@@ -77,6 +79,9 @@ impl Classifier {
             cache: (0..CACHE_SHARDS)
                 .map(|_| Mutex::new(LruCache::new(per_shard)))
                 .collect(),
+            shapes: (0..CACHE_SHARDS)
+                .map(|_| Mutex::new(LruCache::new(per_shard)))
+                .collect(),
         }
     }
 
@@ -91,11 +96,37 @@ impl Classifier {
         if let Some(hit) = shard.lock().unwrap_or_else(|e| e.into_inner()).get(sql) {
             return Arc::clone(hit);
         }
-        let fresh = Arc::new(self.classify_uncached(sql));
+        let fresh = self.classify_by_shape(sql);
         shard
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .put(sql.to_string(), Arc::clone(&fresh));
+        fresh
+    }
+
+    /// Classify through the shape cache (texts differing only in literals).
+    fn classify_by_shape(&self, sql: &str) -> Arc<Classified> {
+        let key = if super::shape::eligible(sql) {
+            super::shape::key(sql)
+        } else {
+            None
+        };
+        let Some(key) = key else {
+            return Arc::new(self.classify_uncached(sql));
+        };
+        let mut hasher = DefaultHasher::new();
+        key.hash(&mut hasher);
+        let shard = &self.shapes[(hasher.finish() as usize) % CACHE_SHARDS];
+        if let Some(hit) = shard.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Arc::clone(hit);
+        }
+        let fresh = Arc::new(self.classify_uncached(sql));
+        if super::shape::storable(&fresh) {
+            shard
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .put(key, Arc::clone(&fresh));
+        }
         fresh
     }
 

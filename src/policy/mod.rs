@@ -22,6 +22,7 @@ mod decide;
 pub mod functions;
 mod kinds;
 mod settings;
+mod shape;
 mod walk;
 
 #[cfg(test)]

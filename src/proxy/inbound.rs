@@ -462,6 +462,12 @@ impl<'a> Inbound<'a> {
                     },
                 );
             }
+            // SQL-level names are forgotten at once (an EXECUTE of them is
+            // then denied: fail closed). Protocol-level statements survive
+            // DISCARD ALL here, because it may still fail upstream (inside a
+            // transaction) and drivers keep using them; a stale entry is
+            // harmless — the upstream no longer has the statement, and a new
+            // Parse of the name replaces the entry.
             match &s.deallocate {
                 Some(Some(name)) => {
                     self.sql_prepared.remove(name);
@@ -471,8 +477,6 @@ impl<'a> Inbound<'a> {
             }
             if s.summary.eq_ignore_ascii_case("DISCARD ALL") {
                 self.sql_prepared.clear();
-                self.parsed.clear();
-                self.portals.clear();
             }
         }
     }

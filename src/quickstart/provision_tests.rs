@@ -177,7 +177,10 @@ async fn every_user_gets_exactly_its_privileges() {
         .unwrap()
         .get(0);
     assert!(visible >= 1, "pg_monitor shows other users' activity");
-    for stmt in ["SELECT * FROM public.accounts", "CREATE TABLE public.nope (id int)"] {
+    for stmt in [
+        "SELECT * FROM public.accounts",
+        "CREATE TABLE public.nope (id int)",
+    ] {
         let e = mon.batch_execute(stmt).await.unwrap_err();
         assert_eq!(code(&e), Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{stmt}");
     }
