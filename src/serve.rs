@@ -19,8 +19,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::audit::{AuditConfig, AuditHandle, AuditSink, FsyncPolicy};
 use crate::auth::ratelimit::AuthRateLimiter;
-use crate::config::{self, Config};
 use crate::auth::tls::UpstreamTlsMode;
+use crate::config::{self, Config};
 use crate::observe::locks::{run_monitor, MonitorTarget, MonitorTls, SessionLookup};
 use crate::observe::metrics::Metrics;
 use crate::observe::{serve_admin, AdminState};
@@ -156,7 +156,12 @@ pub async fn start(config: Config, path: &Path, served: Vec<String>) -> Result<S
         ),
         None => None,
     };
+    let pool = Arc::new(crate::proxy::pool::UpstreamPool::new(
+        rt.config.proxy.upstream_pool_size,
+        Duration::from_millis(rt.config.proxy.upstream_idle_timeout_ms),
+    ));
     let shared = Arc::new(Shared {
+        pool,
         env_state: build_env_state(&rt.config, &served),
         ratelimit: AuthRateLimiter::default(),
         runtime: ArcSwap::from_pointee(rt),

@@ -117,6 +117,8 @@ pub struct Shared {
     pub config_path: PathBuf,
     /// Served environment names.
     pub served: Vec<String>,
+    /// Idle upstream sessions for reuse.
+    pub pool: Arc<crate::proxy::pool::UpstreamPool>,
 }
 
 impl Shared {

@@ -418,3 +418,76 @@ async fn psql_and_pgbench_work_through_the_proxy() {
     assert!(out.contains("number of failed transactions: 0"), "{out}");
     p.stop().await;
 }
+
+#[tokio::test]
+async fn upstream_sessions_are_reset_and_reused() {
+    let p = start_proxy(|_| {}).await;
+    let c = p.connect("app_runtime", "test").await.expect("connects");
+    let pid: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    c.batch_execute(
+        "SET application_name = 'leaky'; CREATE TEMP TABLE leak(x int); PREPARE leaked AS SELECT 1",
+    )
+    .await
+    .expect("session state");
+    drop(c);
+    // the reset runs in the background; wait for the session to be pooled
+    for _ in 0..100 {
+        if p.shared.pool.idle_count() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        p.shared.pool.idle_count() > 0,
+        "clean session kept for reuse"
+    );
+    let c = p.connect("app_runtime", "test").await.expect("reconnects");
+    let row = c
+        .query_one(
+            "SELECT pg_backend_pid(), current_setting('application_name'), to_regclass('pg_temp.leak') IS NULL,
+                    (SELECT count(*) FROM pg_prepared_statements WHERE name = 'leaked')",
+            &[],
+        )
+        .await
+        .expect("q");
+    assert_eq!(row.get::<_, i32>(0), pid, "same upstream backend reused");
+    assert_ne!(row.get::<_, String>(1), "leaky", "settings reset");
+    assert!(row.get::<_, bool>(2), "temp table gone");
+    assert_eq!(row.get::<_, i64>(3), 0, "prepared statements gone");
+    // another level never gets that backend (different upstream login)
+    let ro = p.connect("auditor", "test").await.expect("auditor");
+    let ro_pid: i32 = ro
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    assert_ne!(ro_pid, pid);
+    let ro_flag: String = ro
+        .query_one(
+            "SELECT current_setting('default_transaction_read_only')",
+            &[],
+        )
+        .await
+        .expect("q")
+        .get(0);
+    assert_eq!(ro_flag, "on");
+    // a session that ends inside a transaction is never reused
+    c.batch_execute("BEGIN").await.expect("begin");
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let c = p.connect("app_runtime", "test").await.expect("reconnects");
+    let pid2: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    assert_ne!(
+        pid2, pid,
+        "a session left in a transaction is terminated, not reused"
+    );
+    p.stop().await;
+}

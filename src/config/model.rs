@@ -55,6 +55,11 @@ pub struct ProxySettings {
     pub max_client_connections: usize,
     /// On SIGTERM, how long sessions may finish before they are closed.
     pub shutdown_grace_ms: u64,
+    /// Idle upstream sessions kept per (environment, upstream login,
+    /// startup settings) for reuse after `DISCARD ALL`; 0 disables reuse.
+    pub upstream_pool_size: usize,
+    /// How long an idle upstream session is kept (milliseconds).
+    pub upstream_idle_timeout_ms: u64,
 }
 
 impl Default for ProxySettings {
@@ -64,6 +69,8 @@ impl Default for ProxySettings {
             upstream_connect_timeout_ms: 10_000,
             max_client_connections: 10_000,
             shutdown_grace_ms: 30_000,
+            upstream_pool_size: 8,
+            upstream_idle_timeout_ms: 30_000,
         }
     }
 }

@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use super::pool::PoolKey;
 use super::session::Fatal;
 use super::upstream::{self, Upstream, UpstreamError, UpstreamTarget};
 use crate::audit::{AuditRecord, EventKind, Outcome};
@@ -300,12 +301,24 @@ fn take_slot(role: &str, env: &EnvRuntime, shared: &Shared) -> Result<Slot, Fata
     Ok(slot)
 }
 
-/// Open the upstream session for an admitted client.
+/// The pool key of an admitted client's upstream session.
+pub fn pool_key(adm: &Admitted, env: &EnvRuntime) -> PoolKey {
+    let mut params = adm.upstream_params.clone();
+    params.sort();
+    (Arc::clone(&env.name), adm.upstream_key, params)
+}
+
+/// The upstream session for an admitted client: an idle one from the pool,
+/// or a new one.
 pub async fn connect_upstream(
     adm: &Admitted,
     env: &EnvRuntime,
     rt: &Runtime,
+    shared: &Shared,
 ) -> Result<Upstream, UpstreamError> {
+    if let Some(up) = shared.pool.take(&pool_key(adm, env)) {
+        return Ok(up);
+    }
     let login = env
         .logins
         .get(adm.upstream_key)

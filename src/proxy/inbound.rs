@@ -267,7 +267,8 @@ impl<'a> Inbound<'a> {
                 out.extend_from_slice(&f.bytes);
             }
             b'X' => {
-                out.extend_from_slice(&f.bytes);
+                // Not forwarded: the relay decides whether the upstream
+                // session is reset for reuse or terminated.
                 return Ok(false);
             }
             other => {

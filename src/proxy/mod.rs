@@ -12,6 +12,7 @@ pub mod gatekeeper;
 pub mod inbound;
 pub mod listener;
 pub mod observe_hooks;
+pub mod pool;
 pub mod relay;
 pub mod session;
 pub mod stream;

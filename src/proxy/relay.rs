@@ -65,7 +65,7 @@ pub async fn run(
     env: &Arc<EnvRuntime>,
     rt: &Arc<Runtime>,
     shared: &Arc<Shared>,
-) -> RelayEnd {
+) -> (RelayEnd, Option<UpstreamStream>) {
     let kill = CancellationToken::new();
     let reason = Arc::new(Mutex::new(None));
     let live_key = (Arc::clone(&env.name), up.pid);
@@ -82,8 +82,10 @@ pub async fn run(
         adm.migrations_role || adm.login.level == crate::policy::Level::Migrate,
     ));
     let observer = Observer::new(adm, env, rt, shared, up.pid);
-    let (cr, cw) = tokio::io::split(client);
-    let (ur, uw) = tokio::io::split(up.stream);
+    let (mut cr, mut cw) = tokio::io::split(client);
+    let (mut ur, mut uw) = tokio::io::split(up.stream);
+    let mut ubuf = BytesMut::with_capacity(READ_BUF);
+    let mut upass = 0usize;
     let mut inbound = Inbound::new(adm, env, rt, shared, &observer);
     inbound.set_kill(kill.clone(), Arc::clone(&reason));
     let expiry = adm.expires.map(|t| {
@@ -100,7 +102,7 @@ pub async fn run(
         }))
     });
     let client_side = async {
-        let end = client_to_upstream(cr, uw, &tracker, &mut inbound).await;
+        let end = client_to_upstream(&mut cr, &mut uw, &tracker, &mut inbound).await;
         if let RelayEnd::Protocol(why) = &end {
             // Tell the client why, as PostgreSQL does (FATAL 08P01): the
             // writer side owns the client socket, so hand it the reason.
@@ -114,7 +116,7 @@ pub async fn run(
     };
     let end = tokio::select! {
         e = client_side => e,
-        e = upstream_to_client(ur, cw, &tracker, &observer, &kill, &reason, shared) => e,
+        e = upstream_to_client(&mut ur, &mut cw, &mut ubuf, &mut upass, &tracker, &observer, &kill, &reason, shared) => e,
     };
     let end = match end {
         RelayEnd::Killed(why) if why.starts_with(PROTOCOL_PREFIX) => {
@@ -125,7 +127,21 @@ pub async fn run(
     drop(expiry);
     observer.drain(&tracker);
     shared.sessions.remove(&live_key);
-    end
+    // A clean, idle end leaves the upstream session reusable: every request
+    // answered, not in a transaction, nothing half-read.
+    let clean = matches!(end, RelayEnd::ClientClosed)
+        && ubuf.is_empty()
+        && upass == 0
+        && tracker
+            .lock()
+            .map(|t| t.idle() && t.status == b'I')
+            .unwrap_or(false);
+    let mut stream = ur.unsplit(uw);
+    if clean {
+        return (end, Some(stream));
+    }
+    super::pool::terminate(&mut stream).await;
+    (end, None)
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -137,8 +153,8 @@ impl Drop for AbortOnDrop {
 }
 
 async fn client_to_upstream(
-    mut cr: ReadHalf<ClientStream>,
-    mut uw: WriteHalf<UpstreamStream>,
+    cr: &mut ReadHalf<ClientStream>,
+    uw: &mut WriteHalf<UpstreamStream>,
     tracker: &Mutex<Tracker>,
     inbound: &mut Inbound<'_>,
 ) -> RelayEnd {
@@ -146,7 +162,7 @@ async fn client_to_upstream(
     let mut out = BytesMut::with_capacity(READ_BUF);
     let mut passthrough = 0usize;
     loop {
-        match inbound.read(&mut cr, &mut buf, tracker).await {
+        match inbound.read(cr, &mut buf, tracker).await {
             Ok(0) => return RelayEnd::ClientClosed,
             Ok(_) => {}
             Err(e) => return e,
@@ -193,7 +209,7 @@ async fn client_to_upstream(
         }
         if !out.is_empty() {
             // flush: a TLS stream may hold encrypted records back otherwise
-            if let Err(e) = write_flush(&mut uw, &out).await {
+            if let Err(e) = write_flush(uw, &out).await {
                 return RelayEnd::UpstreamLost(e.to_string());
             }
             out.clear();
@@ -214,18 +230,19 @@ fn inspected(tag: u8) -> bool {
     )
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn upstream_to_client(
-    mut ur: ReadHalf<UpstreamStream>,
-    mut cw: WriteHalf<ClientStream>,
+    ur: &mut ReadHalf<UpstreamStream>,
+    cw: &mut WriteHalf<ClientStream>,
+    buf: &mut BytesMut,
+    passthrough: &mut usize,
     tracker: &Mutex<Tracker>,
     observer: &Observer<'_>,
     kill: &CancellationToken,
     reason: &Mutex<Option<String>>,
     shared: &Shared,
 ) -> RelayEnd {
-    let mut buf = BytesMut::with_capacity(READ_BUF);
     let mut out = BytesMut::with_capacity(READ_BUF);
-    let mut passthrough = 0usize;
     loop {
         let n = tokio::select! {
             biased;
@@ -233,15 +250,15 @@ async fn upstream_to_client(
                 let why = reason.lock().ok().and_then(|r| r.clone()).unwrap_or_else(|| "session closed".into());
                 let code = if why.starts_with(PROTOCOL_PREFIX) { sqlstate::PROTOCOL_VIOLATION } else { sqlstate::ADMIN_SHUTDOWN };
                 let f = encode::error(Severity::Fatal, code, &format!("tierwarden: {why}"), None);
-                let _ = write_flush(&mut cw, &f).await;
+                let _ = write_flush(cw, &f).await;
                 return RelayEnd::Killed(why);
             }
             _ = shared.shutdown.cancelled(), if tracker.lock().map(|t| t.idle() && t.status == b'I').unwrap_or(true) => {
                 let f = encode::error(Severity::Fatal, sqlstate::ADMIN_SHUTDOWN, "tierwarden: the proxy is shutting down", None);
-                let _ = write_flush(&mut cw, &f).await;
+                let _ = write_flush(cw, &f).await;
                 return RelayEnd::Killed("shutdown".into());
             }
-            r = ur.read_buf(&mut buf) => r,
+            r = ur.read_buf(buf) => r,
         };
         match n {
             Ok(0) | Err(_) => {
@@ -255,17 +272,17 @@ async fn upstream_to_client(
                     "tierwarden: the upstream database connection was lost",
                     Some("the session ended; reconnect to start a new one"),
                 );
-                let _ = write_flush(&mut cw, &f).await;
+                let _ = write_flush(cw, &f).await;
                 return RelayEnd::UpstreamLost(why);
             }
             Ok(_) => {}
         }
-        let batch = match scan_backend(&mut buf, &mut out, &mut passthrough, tracker) {
+        let batch = match scan_backend(buf, &mut out, passthrough, tracker) {
             Ok(b) => b,
             Err(e) => return RelayEnd::UpstreamLost(e.to_string()),
         };
         if !out.is_empty() {
-            if let Err(e) = write_flush(&mut cw, &out).await {
+            if let Err(e) = write_flush(cw, &out).await {
                 return RelayEnd::Protocol(format!("client write failed: {e}"));
             }
             out.clear();

@@ -296,7 +296,7 @@ async fn connected(
     shared: Arc<Shared>,
 ) {
     let started = Instant::now();
-    let up = match admission::connect_upstream(&admitted, &env, &rt).await {
+    let up = match admission::connect_upstream(&admitted, &env, &rt, &shared).await {
         Ok(u) => u,
         Err(e) => {
             tracing::warn!(env = %env.name, error = %e, "upstream connection failed");
@@ -349,7 +349,19 @@ async fn connected(
         return;
     }
     admission::audit_connect(&shared, &env, &admitted, peer);
-    let end = relay::run(client, up, &admitted, &env, &rt, &shared).await;
+    let (pid, secret, frames) = (up.pid, up.secret, up.parameter_frames.clone());
+    let (end, reusable) = relay::run(client, up, &admitted, &env, &rt, &shared).await;
     drop(key);
+    if let Some(stream) = reusable {
+        let up = super::upstream::Upstream {
+            stream,
+            parameter_frames: frames,
+            pid,
+            secret,
+        };
+        shared
+            .pool
+            .release(admission::pool_key(&admitted, &env), up);
+    }
     admission::audit_disconnect(&shared, &env, &admitted, peer, started.elapsed(), &end);
 }
