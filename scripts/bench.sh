@@ -1,0 +1,366 @@
+#!/usr/bin/env bash
+# scripts/bench.sh — tierwarden side by side with PostgreSQL and PgBouncer.
+#
+# One run, on 127.0.0.1 only:
+#   1. cargo build --release
+#   2. a throwaway quickstart (`tierwarden quickstart`: cluster + proxy with
+#      the full policy, metrics and audit on) in a temporary directory;
+#      the cluster gets max_connections for the idle test and
+#      synchronous_commit=off (same for every target: the run measures the
+#      proxies, not the disk's flush latency)
+#   3. pgbench -i -s SCALE into app_dev (and app_prod) as their owner
+#   4. PgBouncer (session mode, SCRAM with a plain-text auth_file) in front
+#      of the same cluster
+#   5. pgbench select-only (-S) and TPC-B-like, -M simple and extended,
+#      -c 1/8/32, each case against direct PostgreSQL, PgBouncer and
+#      tierwarden (env dev, role app_runtime, no TLS) back to back; one case
+#      through tierwarden prod (TLS verify-full, every statement audited);
+#      connection setup (pgbench -C -S); RSS with N idle sessions
+#      (scripts/idle_clients.py) for tierwarden and PgBouncer
+#   6. a markdown report on stdout (progress goes to stderr)
+# Everything it starts is stopped by PID on exit (trap EXIT).
+#
+# Knobs (environment): BENCH_SECONDS (10) per pgbench run, BENCH_SCALE (10),
+# BENCH_CLIENTS ("1 8 32"), BENCH_IDLE (1000), BENCH_PROD_TLS (1),
+# BENCH_OUT (also write the report to this file), BENCH_LOGDIR
+# (target/bench-logs: pgbench and server logs of the last run),
+# BENCH_KEEP=1 (keep the temporary directory).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+T=${BENCH_SECONDS:-10}
+SCALE=${BENCH_SCALE:-10}
+read -r -a CLIENTS <<<"${BENCH_CLIENTS:-1 8 32}"
+IDLE=${BENCH_IDLE:-1000}
+PROD_TLS=${BENCH_PROD_TLS:-1}
+OUT=${BENCH_OUT:-}
+LOGDIR=${BENCH_LOGDIR:-$ROOT/target/bench-logs}
+NPROC=$(nproc)
+STARTED_AT=$(date +%s)
+
+log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
+die() {
+    log "FAILED: $*"
+    exit 1
+}
+
+for tool in pgbench psql python3 timeout; do
+    command -v "$tool" >/dev/null || die "$tool not found (apt-get install -y postgresql-client python3)"
+done
+if ! command -v pgbouncer >/dev/null; then
+    [ "$(id -u)" = 0 ] || die "pgbouncer not found (apt-get install -y pgbouncer)"
+    log "installing pgbouncer"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y pgbouncer >&2
+fi
+
+if [ "$(id -u)" = 0 ]; then
+    # The quickstart runs PostgreSQL, and this script PgBouncer, as postgres.
+    id postgres >/dev/null 2>&1 || die "running as root needs a postgres system user"
+fi
+
+log "cargo build --release"
+(cd "$ROOT" && cargo build --release --quiet) || die "cargo build --release"
+BIN=$ROOT/target/release/tierwarden
+COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+    COMMIT="$COMMIT (+ uncommitted changes)"
+fi
+
+rm -rf "$LOGDIR"
+mkdir -p "$LOGDIR"
+WORK=$(mktemp -d /tmp/tierwarden-bench.XXXXXX)
+chmod 711 "$WORK"
+QS=$WORK/qs
+RESULTS=$WORK/results.tsv
+: >"$RESULTS"
+
+TW_PID=""
+PGB_PID=""
+# stop_pid PID: SIGTERM, up to 30 s, then SIGKILL; reaps our child.
+stop_pid() {
+    local pid=$1
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null
+    for _ in $(seq 1 300); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "PID $pid did not stop in 30 s: SIGKILL"
+        kill -KILL "$pid" 2>/dev/null
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+cleanup() {
+    local rc=$?
+    set +e
+    trap - EXIT INT TERM
+    local pid
+    for pid in $PGB_PID $TW_PID; do
+        stop_pid "$pid"
+    done
+    # The quickstart stops its cluster on SIGTERM; if it could not, the
+    # postmaster it started is still named in postmaster.pid.
+    local pidfile=$QS/pgdata/data/postmaster.pid
+    if [ -f "$pidfile" ]; then
+        pid=$(head -1 "$pidfile")
+        if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+            log "stopping the leftover postmaster $pid"
+            kill -TERM "$pid" 2>/dev/null
+            for _ in $(seq 1 300); do
+                kill -0 "$pid" 2>/dev/null || break
+                sleep 0.1
+            done
+        fi
+    fi
+    [ -f "$QS/pgdata/postgres.log" ] && cp "$QS/pgdata/postgres.log" "$LOGDIR/postgres.log"
+    if [ "${BENCH_KEEP:-0}" = 1 ]; then
+        log "kept $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Seven consecutive free ports: quickstart uses base..base+4, PgBouncer base+5.
+BASE=$(python3 - <<'EOF'
+import random, socket
+for _ in range(200):
+    base = random.randint(20000, 40000)
+    socks = []
+    try:
+        for p in range(base, base + 7):
+            s = socket.socket()
+            socks.append(s)
+            s.bind(("127.0.0.1", p))
+    except OSError:
+        continue
+    finally:
+        for s in socks:
+            s.close()
+    print(base)
+    break
+EOF
+)
+[ -n "$BASE" ] || die "no free port range"
+DEV_PORT=$BASE
+PROD_PORT=$((BASE + 3))
+PGB_PORT=$((BASE + 5))
+
+start_quickstart() {
+    log "starting tierwarden quickstart on ports $BASE..$((BASE + 4)) in $QS"
+    rm -f "$QS/quickstart.json"
+    "$BIN" quickstart --dir "$QS" --port-base "$BASE" >>"$LOGDIR/tierwarden.log" 2>&1 &
+    TW_PID=$!
+    for _ in $(seq 1 1800); do
+        [ -f "$QS/quickstart.json" ] && return 0
+        kill -0 "$TW_PID" 2>/dev/null || die "quickstart exited (see $LOGDIR/tierwarden.log)"
+        sleep 0.1
+    done
+    die "quickstart not ready after 180 s"
+}
+start_quickstart
+
+jq_py() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($1)" "$2"; }
+PG_PORT=$(jq_py 'd["pg_port"]' "$QS/state.json")
+SUPER_PW=$(cat "$QS/pgdata/superuser.password")
+DEV_OWNER_PW=$(cat "$QS/secrets/tw_dev_owner.password")
+PROD_OWNER_PW=$(cat "$QS/secrets/tw_prod_owner.password")
+APP_DEV_PW=$(jq_py 'd["identities"]["app_runtime"]["passwords"]["dev"]' "$QS/quickstart.json")
+APP_PROD_PW=$(jq_py 'd["identities"]["app_runtime"]["passwords"]["prod"]' "$QS/quickstart.json")
+ADMIN_URL=$(jq_py 'd["admin_url"]' "$QS/quickstart.json")
+PG_BINDIR=$(dirname "$(readlink -f "/proc/$(head -1 "$QS/pgdata/data/postmaster.pid")/exe")")
+
+super_sql() {
+    PGPASSWORD=$SUPER_PW psql -X -q -At -v ON_ERROR_STOP=1 \
+        "host=127.0.0.1 port=$PG_PORT user=tierwarden_admin dbname=${2:-postgres} sslmode=disable" -c "$1"
+}
+
+log "cluster on port $PG_PORT: max_connections=$((IDLE + 300)), synchronous_commit=off; restarting the quickstart"
+super_sql "ALTER SYSTEM SET max_connections = $((IDLE + 300))" >/dev/null
+super_sql "ALTER SYSTEM SET synchronous_commit = off" >/dev/null
+# The quickstart stops its cluster on SIGTERM and reuses it (same port,
+# same passwords, postgresql.auto.conf kept) when started again.
+stop_pid "$TW_PID"
+start_quickstart
+[ "$(super_sql 'SHOW max_connections')" = $((IDLE + 300)) ] || die "max_connections not applied"
+
+DIRECT_URL="postgresql://tw_dev_owner@127.0.0.1:$PG_PORT/app_dev?sslmode=disable"
+PGB_URL="postgresql://tw_dev_owner@127.0.0.1:$PGB_PORT/app_dev?sslmode=disable"
+TW_URL="postgresql://app_runtime@127.0.0.1:$DEV_PORT/app_dev?sslmode=disable"
+TW_PROD_URL="postgresql://app_runtime@127.0.0.1:$PROD_PORT/app_prod?sslmode=verify-full&sslrootcert=$QS/tls/ca.crt"
+
+log "pgbench -i -s $SCALE (app_dev as tw_dev_owner)"
+PGPASSWORD=$DEV_OWNER_PW pgbench -i -q -s "$SCALE" \
+    "postgresql://tw_dev_owner@127.0.0.1:$PG_PORT/app_dev?sslmode=disable" >"$LOGDIR/init_dev.log" 2>&1 ||
+    die "pgbench -i app_dev (see $LOGDIR/init_dev.log)"
+if [ "$PROD_TLS" = 1 ]; then
+    log "pgbench -i -s $SCALE (app_prod as tw_prod_owner)"
+    PGPASSWORD=$PROD_OWNER_PW pgbench -i -q -s "$SCALE" \
+        "postgresql://tw_prod_owner@127.0.0.1:$PG_PORT/app_prod?sslmode=disable" >"$LOGDIR/init_prod.log" 2>&1 ||
+        die "pgbench -i app_prod (see $LOGDIR/init_prod.log)"
+fi
+
+log "starting PgBouncer (session mode) on port $PGB_PORT"
+PGB_DIR=$WORK/pgbouncer
+mkdir -p "$PGB_DIR"
+printf '"tw_dev_owner" "%s"\n' "$DEV_OWNER_PW" >"$PGB_DIR/userlist.txt"
+cat >"$PGB_DIR/pgbouncer.ini" <<EOF
+[databases]
+app_dev = host=127.0.0.1 port=$PG_PORT dbname=app_dev
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $PGB_PORT
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $PGB_DIR/userlist.txt
+pool_mode = session
+max_client_conn = $((IDLE + 100))
+default_pool_size = $((IDLE + 50))
+logfile = $PGB_DIR/pgbouncer.log
+EOF
+chmod 600 "$PGB_DIR/userlist.txt" "$PGB_DIR/pgbouncer.ini"
+PGB_USER_ARGS=()
+if [ "$(id -u)" = 0 ]; then
+    chown -R postgres "$PGB_DIR"
+    PGB_USER_ARGS=(-u postgres)
+fi
+pgbouncer -q "${PGB_USER_ARGS[@]}" "$PGB_DIR/pgbouncer.ini" >"$LOGDIR/pgbouncer.stdout" 2>&1 &
+PGB_PID=$!
+for _ in $(seq 1 100); do
+    PGPASSWORD=$DEV_OWNER_PW psql -X -q -At "$PGB_URL" -c 'select 1' >/dev/null 2>&1 && break
+    kill -0 "$PGB_PID" 2>/dev/null || die "pgbouncer exited (see $LOGDIR/pgbouncer.stdout)"
+    sleep 0.1
+done
+PGPASSWORD=$DEV_OWNER_PW psql -X -q -At "$PGB_URL" -c 'select 1' >/dev/null || die "pgbouncer not answering"
+
+CLK_TCK=$(getconf CLK_TCK)
+# CPU time (user + system, clock ticks) of a process; 0 for none.
+cpu_ticks() {
+    if [ -n "$1" ] && [ -r "/proc/$1/stat" ]; then
+        awk '{print $14 + $15}' "/proc/$1/stat"
+    else
+        echo 0
+    fi
+}
+
+# run_pgbench KEY TARGET URL PASSWORD PROXY_PID pgbench-args... — one result
+# line; PROXY_PID (may be empty) is the process whose CPU time is counted.
+run_pgbench() {
+    local key=$1 target=$2 url=$3 pw=$4 ppid=$5
+    shift 5
+    local name
+    name=$(printf '%s_%s' "$key" "$target" | tr ' /' '__')
+    local out="$LOGDIR/$name.log" rc=0 status=ok cpu0 cpu1
+    cpu0=$(cpu_ticks "$ppid")
+    PGPASSWORD=$pw timeout -k 5 $((T + 60)) pgbench -n -T "$T" "$@" "$url" >"$out" 2>&1 || rc=$?
+    cpu1=$(cpu_ticks "$ppid")
+    local tps lat conn failed txns cpu_us="-"
+    txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$out" | head -1)
+    if [ -n "$ppid" ] && [ -n "$txns" ] && [ "$txns" -gt 0 ]; then
+        cpu_us=$(((cpu1 - cpu0) * 1000000 / CLK_TCK / txns))
+    fi
+    tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$out" | head -1)
+    lat=$(sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' "$out" | head -1)
+    conn=$(sed -n 's/^average connection time = \([0-9.]*\) ms.*/\1/p' "$out" | head -1)
+    failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$out" | head -1)
+    if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+        status=HANG
+    elif [ "$rc" != 0 ] || [ -z "$tps" ] || [ "${failed:-0}" != 0 ]; then
+        status=FAIL
+    fi
+    [ "$status" = ok ] || log "$key $target: $status (exit $rc), see $out"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$key" "$target" "${tps:--}" "${lat:--}" "${conn:--}" \
+        "$status" "$cpu_us" >>"$RESULTS"
+    log "$key $target: tps=${tps:--} lat=${lat:--}ms cpu=${cpu_us}us/tx $status"
+}
+
+pgbench_reset() {
+    # What pgbench's own pre-run vacuum does (the runs use -n so that no
+    # target's run includes it).
+    PGPASSWORD=$DEV_OWNER_PW psql -X -q "$DIRECT_URL" \
+        -c 'VACUUM pgbench_branches' -c 'VACUUM pgbench_tellers' -c 'TRUNCATE pgbench_history' \
+        >>"$LOGDIR/reset.log" 2>&1 || die "reset before TPC-B run (see $LOGDIR/reset.log)"
+}
+
+# set_target NAME: url, pw and ppid (the proxy's PID, empty for direct).
+set_target() {
+    case $1 in
+    direct) url=$DIRECT_URL pw=$DEV_OWNER_PW ppid="" ;;
+    pgbouncer) url=$PGB_URL pw=$DEV_OWNER_PW ppid=$PGB_PID ;;
+    tierwarden) url=$TW_URL pw=$APP_DEV_PW ppid=$TW_PID ;;
+    esac
+}
+
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+log "warm-up (2 s, direct)"
+PGPASSWORD=$DEV_OWNER_PW pgbench -n -S -T 2 -c 2 -j 2 "$DIRECT_URL" >"$LOGDIR/warmup.log" 2>&1 || true
+
+for workload in select-only tpcb-like; do
+    for mode in simple extended; do
+        for c in "${CLIENTS[@]}"; do
+            j=$((c < NPROC ? c : NPROC))
+            key="$workload $mode $c"
+            for target in direct pgbouncer tierwarden; do
+                set_target "$target"
+                [ "$workload" = tpcb-like ] && pgbench_reset
+                run_pgbench "$key" "$target" "$url" "$pw" "$ppid" -b "$workload" -M "$mode" -c "$c" -j "$j"
+            done
+        done
+    done
+done
+
+if [ "$PROD_TLS" = 1 ]; then
+    c=8
+    run_pgbench "select-only extended $c" tierwarden-prod-tls "$TW_PROD_URL" "$APP_PROD_PW" "$TW_PID" \
+        -b select-only -M extended -c "$c" -j "$((c < NPROC ? c : NPROC))"
+fi
+
+CONN_C=4
+for target in direct pgbouncer tierwarden; do
+    set_target "$target"
+    run_pgbench "connect $CONN_C" "$target" "$url" "$pw" "$ppid" -C -S -M simple -c "$CONN_C" -j "$((CONN_C < NPROC ? CONN_C : NPROC))"
+done
+
+wait_backends_below() {
+    for _ in $(seq 1 300); do
+        [ "$(super_sql 'SELECT count(*) FROM pg_stat_activity WHERE backend_type = $$client backend$$')" -lt "$1" ] && return 0
+        sleep 0.1
+    done
+    log "warning: still $(super_sql 'SELECT count(*) FROM pg_stat_activity') backends"
+}
+
+idle_test() {
+    local target=$1 port=$2 user=$3 pw=$4 pid=$5 rc=0
+    log "$IDLE idle sessions through $target (PID $pid)"
+    PGPASSWORD=$pw timeout -k 5 300 python3 "$ROOT/scripts/idle_clients.py" --port "$port" \
+        --user "$user" --database app_dev --pid "$pid" -n "$IDLE" >"$LOGDIR/idle_$target.json" \
+        2>"$LOGDIR/idle_$target.err" || rc=$?
+    [ "$rc" = 0 ] || log "idle test through $target: exit $rc (see $LOGDIR/idle_$target.err)"
+    printf 'idle %s\t%s\t%s\n' "$target" "$rc" "$(cat "$LOGDIR/idle_$target.json" 2>/dev/null)" >>"$RESULTS"
+}
+# Headroom for the idle test: tierwarden's session pool and PgBouncer keep
+# some idle upstream sessions (bounded) after their clients leave.
+wait_backends_below 150
+idle_test tierwarden "$DEV_PORT" app_runtime "$APP_DEV_PW" "$TW_PID"
+wait_backends_below 150
+idle_test pgbouncer "$PGB_PORT" tw_dev_owner "$DEV_OWNER_PW" "$PGB_PID"
+
+COUNTED=$(curl -s --max-time 5 "$ADMIN_URL/metrics" 2>/dev/null |
+    awk '/^tierwarden_queries_total/ {s += $NF} END {printf "%d", s}' || echo "?")
+
+ELAPSED=$(($(date +%s) - STARTED_AT))
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+export LOAD_BEFORE LOAD_AFTER
+export RESULTS T SCALE IDLE COMMIT NPROC ELAPSED COUNTED CONN_C
+export PG_VERSION=$("$PG_BINDIR/postgres" --version)
+export PGB_VERSION=$(pgbouncer --version | head -1)
+export PGBENCH_VERSION=$(pgbench --version)
+export CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
+export MEM_TOTAL=$(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
+export KERNEL=$(uname -r)
+python3 "$ROOT/scripts/bench_report.py" | tee ${OUT:+"$OUT"}
+log "done in ${ELAPSED}s; logs in $LOGDIR"

@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Render scripts/bench.sh results as markdown (stdout).
+
+Input: $RESULTS, a TSV written by bench.sh with lines
+  "<workload> <mode> <clients>" TAB target TAB tps TAB latency_ms TAB conn_ms TAB status TAB cpu
+  "connect <clients>"          TAB target TAB tps TAB latency_ms TAB conn_ms TAB status TAB cpu
+  "idle <target>"              TAB exit code TAB JSON from idle_clients.py
+and the run's metadata in environment variables.
+"""
+
+import datetime
+import json
+import os
+
+env = os.environ.get
+rows, idle = {}, {}
+order = []
+with open(env("RESULTS")) as f:
+    for line in f:
+        parts = line.rstrip("\n").split("\t")
+        if parts[0].startswith("idle "):
+            target = parts[0].split(" ", 1)[1]
+            try:
+                idle[target] = json.loads(parts[2]) if parts[2] else None
+            except (IndexError, json.JSONDecodeError):
+                idle[target] = None
+            continue
+        key, target, tps, lat, conn, status, cpu = parts
+        if key not in rows:
+            rows[key] = {}
+            order.append(key)
+        rows[key][target] = {
+            "tps": float(tps) if tps != "-" else None,
+            "lat": float(lat) if lat != "-" else None,
+            "conn": float(conn) if conn != "-" else None,
+            "status": status,
+            "cpu": int(cpu) if cpu != "-" else None,
+        }
+
+
+def tps(r):
+    if r is None:
+        return "n/a"
+    if r["status"] != "ok" or r["tps"] is None:
+        return f"**{r['status']}**"
+    return f"{r['tps']:,.0f}"
+
+
+def ms(r, field="lat"):
+    if r is None or r["status"] != "ok" or r[field] is None:
+        return "–"
+    return f"{r[field]:.3f}"
+
+
+def ratio(a, b):
+    if not a or not b or a["status"] != "ok" or b["status"] != "ok" or not b["tps"]:
+        return "–"
+    return f"{a['tps'] / b['tps']:.2f}"
+
+
+def cpu(r):
+    if r is None or r["status"] != "ok" or r["cpu"] is None:
+        return "–"
+    return f"{r['cpu']}"
+
+
+def added(a, b):
+    """Latency added by a proxy over direct, in microseconds."""
+    if not a or not b or a["status"] != "ok" or b["status"] != "ok":
+        return "–"
+    if a["lat"] is None or b["lat"] is None:
+        return "–"
+    return f"{(a['lat'] - b['lat']) * 1000:+.0f}"
+
+
+print(f"## tierwarden vs PostgreSQL vs PgBouncer — {datetime.date.today().isoformat()}")
+print()
+print(f"- machine: {env('NPROC')} CPUs ({env('CPU_MODEL')}), {env('MEM_TOTAL')} RAM, "
+      f"Linux {env('KERNEL')}; everything (pgbench, PostgreSQL, proxies) on this machine, "
+      "over 127.0.0.1")
+print(f"- {env('PG_VERSION')}; {env('PGB_VERSION')}; {env('PGBENCH_VERSION')}; "
+      f"tierwarden {env('COMMIT')} (release build)")
+print(f"- pgbench scale {env('SCALE')}, {env('T')} s per run, `-n`, `-j` = min(clients, CPUs); "
+      "PostgreSQL `synchronous_commit=off`; PgBouncer session mode; tierwarden env dev, "
+      "role app_runtime (level rw), no TLS, policy + metrics + audit on")
+print(f"- run took {env('ELAPSED')} s; tierwarden counted {env('COUNTED')} statements "
+      "(`tierwarden_queries_total`); load average (1/5/15 min) "
+      f"{env('LOAD_BEFORE')} before, {env('LOAD_AFTER')} after")
+print()
+print("TPS (higher is better), mean latency in ms, ratios of TPS.")
+print()
+print("| workload | protocol | clients | direct TPS | direct ms "
+      "| PgBouncer TPS | PgBouncer ms | PgBouncer / direct "
+      "| tierwarden TPS | tierwarden ms | tierwarden / direct | tierwarden / PgBouncer |")
+print("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+prod = None
+cases = []
+for key in order:
+    if key.startswith("connect"):
+        continue
+    workload, mode, clients = key.split(" ")
+    r = rows[key]
+    d, b, t = r.get("direct"), r.get("pgbouncer"), r.get("tierwarden")
+    if "tierwarden-prod-tls" in r:
+        prod = (key, r["tierwarden-prod-tls"])
+    if d is None:
+        continue
+    cases.append((workload, mode, clients, d, b, t))
+    print(f"| {workload} | {mode} | {clients} | {tps(d)} | {ms(d)} "
+          f"| {tps(b)} | {ms(b)} | {ratio(b, d)} "
+          f"| {tps(t)} | {ms(t)} | {ratio(t, d)} | {ratio(t, b)} |")
+
+print()
+print("Cost of each proxy: mean latency added over direct (µs per transaction, "
+      "from the table above) and the proxy process's CPU time (user + system, "
+      "/proc/PID/stat) per transaction. A select-only transaction is one "
+      "statement, a TPC-B-like one is seven.")
+print()
+print("| workload | protocol | clients | PgBouncer +µs | tierwarden +µs "
+      "| PgBouncer CPU µs/tx | tierwarden CPU µs/tx |")
+print("|---|---|--:|--:|--:|--:|--:|")
+for workload, mode, clients, d, b, t in cases:
+    print(f"| {workload} | {mode} | {clients} | {added(b, d)} | {added(t, d)} "
+          f"| {cpu(b)} | {cpu(t)} |")
+
+if prod:
+    key, p = prod
+    d = rows[key].get("direct")
+    print()
+    print(f"Production path ({key.replace(' ', ', ')} clients): tierwarden env prod, "
+          "TLS `sslmode=verify-full`, every statement audited (hash-chained JSONL, "
+          "fsync interval), role app_runtime → upstream tw_prod_rw, database app_prod "
+          "(same size); compared with the direct run above (no TLS).")
+    print()
+    print("| target | TPS | ms | / direct | +µs | CPU µs/tx |")
+    print("|---|--:|--:|--:|--:|--:|")
+    print(f"| tierwarden prod (TLS + full audit) | {tps(p)} | {ms(p)} | {ratio(p, d)} "
+          f"| {added(p, d)} | {cpu(p)} |")
+
+conn = [k for k in order if k.startswith("connect")]
+if conn:
+    key = conn[0]
+    r = rows[key]
+    d = r.get("direct")
+    print()
+    print(f"Connection setup: `pgbench -C -S -M simple -c {env('CONN_C')}` (a new connection, "
+          "with SCRAM authentication, for every transaction). TPS ≈ connections per second.")
+    print()
+    print("| target | connections/s | mean connection time ms | / direct "
+          "| proxy CPU µs/connection |")
+    print("|---|--:|--:|--:|--:|")
+    for target, label in (("direct", "direct"), ("pgbouncer", "PgBouncer"),
+                          ("tierwarden", "tierwarden")):
+        x = r.get(target)
+        print(f"| {label} | {tps(x)} | {ms(x, 'conn')} | {ratio(x, d)} | {cpu(x)} |")
+
+if idle:
+    print()
+    print(f"Memory: resident set size of the proxy process with {env('IDLE')} idle "
+          "authenticated client sessions (each with its upstream connection), from "
+          "/proc/PID/status.")
+    print()
+    print("| proxy | sessions open | RSS before MiB | RSS with sessions MiB "
+          "| peak (VmHWM) MiB | KiB per session | time to open s |")
+    print("|---|--:|--:|--:|--:|--:|--:|")
+    for target, label in (("tierwarden", "tierwarden"), ("pgbouncer", "PgBouncer")):
+        j = idle.get(target)
+        if not j:
+            print(f"| {label} | **FAIL** | | | | | |")
+            continue
+        n = j["opened"]
+        per = (j["rss_kib"] - j["rss_before_kib"]) / n if n else 0
+        fail = f" ({j['failed']} failed: {j['first_error']})" if j["failed"] else ""
+        print(f"| {label} | {n}{fail} | {j['rss_before_kib'] / 1024:.1f} "
+              f"| {j['rss_kib'] / 1024:.1f} | {j['hwm_kib'] / 1024:.1f} | {per:.0f} "
+              f"| {j['seconds']} |")
