@@ -549,15 +549,8 @@ impl<'a> Inbound<'a> {
 
 fn unknown_statement(summary: String) -> Statement {
     Statement {
-        class: StatementClass::Unclassified,
-        tables_written: Vec::new(),
-        ledger_only_write: false,
-        makes_writable: false,
-        tx: None,
-        prepare_name: None,
-        execute_name: None,
-        deallocate: None,
         summary,
+        ..Statement::unclassified()
     }
 }
 
