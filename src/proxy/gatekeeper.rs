@@ -73,9 +73,15 @@ pub fn check(
         .filter(|(_, s)| s.class == StatementClass::Ddl)
         .map(|(i, _)| fps.and_then(|f| f.get(i)).cloned().unwrap_or_default())
         .collect();
+    let begins = stmts.iter().any(|s| s.tx == Some(TxControl::Begin));
+    let autocommit = !ddl.is_empty() && !tx.in_tx && !begins;
     for fp in &ddl {
         if fp.is_empty() {
             return deny_or_warn(gate, "a ddl statement could not be fingerprinted".into());
+        }
+        if autocommit {
+            // judged below as a whole migration
+            continue;
         }
         match gate.statement(snap, fp) {
             GateDecision::Pass => {}
@@ -88,8 +94,7 @@ pub fn check(
             }
         }
     }
-    let begins = stmts.iter().any(|s| s.tx == Some(TxControl::Begin));
-    if !ddl.is_empty() && !tx.in_tx && !begins {
+    if autocommit {
         // Autocommit (or one implicit-transaction message): its own migration.
         match gate.migration(snap, &migration_fingerprint(&ddl)) {
             GateDecision::Pass => {}
