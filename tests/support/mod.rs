@@ -110,7 +110,10 @@ fn spawn_watchdog(pg_ctl: &Path, data: &Path, dir: &Path) {
         data.display(),
         dir.display()
     );
-    let _ = std::process::Command::new("sh")
+    // In its own session (setsid), so a signal to the test's process group
+    // (a timeout, Ctrl-C) does not take the watchdog down with the test.
+    let _ = std::process::Command::new("setsid")
+        .arg("sh")
         .arg("-c")
         .arg(script)
         .stdin(std::process::Stdio::null())
