@@ -56,16 +56,7 @@ pub async fn check(path: PathBuf, envs: Vec<String>, offline: bool) -> i32 {
             continue;
         };
         for (key, login) in &env.logins {
-            let t = UpstreamTarget {
-                host: &env.cfg.upstream.host,
-                port: env.cfg.upstream.port,
-                database: &env.cfg.upstream.database,
-                sslmode: env.cfg.upstream.sslmode,
-                tls: env.upstream_tls.clone(),
-                user: &login.user,
-                password: login.password.as_deref(),
-                timeout: Duration::from_secs(10),
-            };
+            let t = UpstreamTarget::new(env, login, Duration::from_secs(10));
             match upstream::connect(&t, &[]).await {
                 Ok(_) => println!("  {name}: upstream {key} user {} ok", login.user),
                 Err(e) => {

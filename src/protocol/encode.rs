@@ -6,9 +6,11 @@
 
 use bytes::{Bytes, BytesMut};
 use pgwire::messages::response::{ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus};
+use pgwire::messages::simplequery::Query;
 use pgwire::messages::startup::{
     Authentication, BackendKeyData, NegotiateProtocolVersion, SecretKey,
 };
+use pgwire::messages::terminate::Terminate;
 use pgwire::messages::Message;
 
 fn finish<M: Message>(m: &M) -> Bytes {
@@ -104,6 +106,16 @@ pub fn backend_key(pid: i32, secret: i32) -> Bytes {
     finish(&BackendKeyData::new(pid, SecretKey::I32(secret)))
 }
 
+/// A frontend Query message (sent by the proxy itself to the upstream).
+pub fn query(text: &str) -> Bytes {
+    finish(&Query::new(text.to_string()))
+}
+
+/// A frontend Terminate message.
+pub fn terminate() -> Bytes {
+    finish(&Terminate::new())
+}
+
 /// NegotiateProtocolVersion: the proxy speaks 3.0 and no `_pq_` options.
 pub fn negotiate_protocol(unsupported: Vec<String>) -> Bytes {
     finish(&NegotiateProtocolVersion::new(0, unsupported))
@@ -124,5 +136,7 @@ mod tests {
         assert_eq!(e.severity, "ERROR");
         assert_eq!(&ready(b'E')[..], b"Z\0\0\0\x05E");
         assert_eq!(&backend_key(1, 2)[..], b"K\0\0\0\x0c\0\0\0\x01\0\0\0\x02");
+        assert_eq!(&query("ROLLBACK")[..], b"Q\0\0\0\x0dROLLBACK\0");
+        assert_eq!(&terminate()[..], b"X\0\0\0\x04");
     }
 }

@@ -323,16 +323,8 @@ pub async fn connect_upstream(
         .logins
         .get(adm.upstream_key)
         .ok_or_else(|| UpstreamError::Protocol(format!("no upstream {} user", adm.upstream_key)))?;
-    let target = UpstreamTarget {
-        host: &env.cfg.upstream.host,
-        port: env.cfg.upstream.port,
-        database: &env.cfg.upstream.database,
-        sslmode: env.cfg.upstream.sslmode,
-        tls: env.upstream_tls.clone(),
-        user: &login.user,
-        password: login.password.as_deref(),
-        timeout: Duration::from_millis(rt.config.proxy.upstream_connect_timeout_ms),
-    };
+    let timeout = Duration::from_millis(rt.config.proxy.upstream_connect_timeout_ms);
+    let target = UpstreamTarget::new(env, login, timeout);
     upstream::connect(&target, &adm.upstream_params).await
 }
 

@@ -59,73 +59,52 @@ pub fn check(
     fps: Option<&Vec<String>>,
     tx: &TxView,
 ) -> GateCall {
-    let pass = GateCall {
-        decision: GateDecision::Pass,
-        at_commit: false,
-    };
-    if !gate.checks() {
-        return pass;
-    }
     let mut warn = None;
-    let ddl: Vec<String> = stmts
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| s.class == StatementClass::Ddl)
-        .map(|(i, _)| fps.and_then(|f| f.get(i)).cloned().unwrap_or_default())
-        .collect();
-    let begins = stmts.iter().any(|s| s.tx == Some(TxControl::Begin));
-    let autocommit = !ddl.is_empty() && !tx.in_tx && !begins;
-    for fp in &ddl {
-        if fp.is_empty() {
+    // A denial ends the check; a warning is remembered and the check goes on.
+    let mut fold = |d: GateDecision, at_commit: bool| match d {
+        GateDecision::Pass => None,
+        GateDecision::Warn(m) => {
+            warn = Some(m);
+            None
+        }
+        deny @ GateDecision::Deny(_) => Some(GateCall {
+            decision: deny,
+            at_commit,
+        }),
+    };
+    if gate.checks() {
+        let ddl: Vec<String> = stmts
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.class == StatementClass::Ddl)
+            .map(|(i, _)| fps.and_then(|f| f.get(i)).cloned().unwrap_or_default())
+            .collect();
+        if ddl.iter().any(String::is_empty) {
             return deny_or_warn(gate, "a ddl statement could not be fingerprinted".into());
         }
-        if autocommit {
-            // judged below as a whole migration
-            continue;
-        }
-        match gate.statement(snap, fp) {
-            GateDecision::Pass => {}
-            GateDecision::Warn(m) => warn = Some(m),
-            d @ GateDecision::Deny(_) => {
-                return GateCall {
-                    decision: d,
-                    at_commit: false,
+        let begins = stmts.iter().any(|s| s.tx == Some(TxControl::Begin));
+        if !ddl.is_empty() && !tx.in_tx && !begins {
+            // Autocommit (or one implicit-transaction message): its own migration.
+            if let Some(c) = fold(gate.migration(snap, &migration_fingerprint(&ddl)), false) {
+                return c;
+            }
+        } else {
+            for fp in &ddl {
+                if let Some(c) = fold(gate.statement(snap, fp), false) {
+                    return c;
                 }
             }
         }
-    }
-    if autocommit {
-        // Autocommit (or one implicit-transaction message): its own migration.
-        match gate.migration(snap, &migration_fingerprint(&ddl)) {
-            GateDecision::Pass => {}
-            GateDecision::Warn(m) => warn = Some(m),
-            d @ GateDecision::Deny(_) => {
-                return GateCall {
-                    decision: d,
-                    at_commit: false,
-                }
+        let commits = stmts.iter().any(|s| s.tx == Some(TxControl::Commit));
+        if commits && tx.in_tx && !tx.ddl.is_empty() {
+            if let Some(c) = fold(gate.migration(snap, &migration_fingerprint(&tx.ddl)), true) {
+                return c;
             }
         }
     }
-    let commits = stmts.iter().any(|s| s.tx == Some(TxControl::Commit));
-    if commits && tx.in_tx && !tx.ddl.is_empty() {
-        match gate.migration(snap, &migration_fingerprint(&tx.ddl)) {
-            GateDecision::Pass => {}
-            GateDecision::Warn(m) => warn = Some(m),
-            d @ GateDecision::Deny(_) => {
-                return GateCall {
-                    decision: d,
-                    at_commit: true,
-                }
-            }
-        }
-    }
-    match warn {
-        Some(m) => GateCall {
-            decision: GateDecision::Warn(m),
-            at_commit: false,
-        },
-        None => pass,
+    GateCall {
+        decision: warn.map_or(GateDecision::Pass, GateDecision::Warn),
+        at_commit: false,
     }
 }
 

@@ -412,7 +412,7 @@ impl<'a> Inbound<'a> {
             if r.rollback {
                 // A refused COMMIT ends the transaction rolled back.
                 t.simple_swap(denial_frame(&r.denial));
-                out.extend_from_slice(&rollback_query());
+                out.extend_from_slice(&encode::query("ROLLBACK"));
                 self.tx = TxView::default();
             } else {
                 t.simple(vec![], Some(denial_frame(&r.denial)));
@@ -439,7 +439,6 @@ impl<'a> Inbound<'a> {
                     .map(|f| Arc::from(f.as_str())),
             })
             .collect();
-        self.observer.allowed(&k.stmts, &k.text);
         t.simple(inflight, None);
         out.extend_from_slice(&f.bytes);
     }
@@ -506,7 +505,6 @@ impl<'a> Inbound<'a> {
         }
         self.remember_sql_prepares(&k);
         self.tx.after(&k.stmts, k.fps.as_deref());
-        self.observer.allowed(&k.stmts, &k.text);
         self.parsed.insert(name, Some(k));
         t.extended(None);
         out.extend_from_slice(&f.bytes);
@@ -552,15 +550,6 @@ fn unknown_statement(summary: String) -> Statement {
         summary,
         ..Statement::unclassified()
     }
-}
-
-fn rollback_query() -> Bytes {
-    let text = b"ROLLBACK\0";
-    let mut b = BytesMut::new();
-    b.extend_from_slice(b"Q");
-    b.extend_from_slice(&((4 + text.len()) as i32).to_be_bytes());
-    b.extend_from_slice(text);
-    b.freeze()
 }
 
 /// The ErrorResponse a client receives for a denial.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::audit::{AuditRecord, EventKind, Outcome};
 use crate::observe::labels::{ClassLabel, LockErrorCode, MigrationOutcome, QueryOutcome};
 use crate::observe::metrics::SessionMetrics;
-use crate::policy::{normalize, Denial, Statement, StatementClass, Tier};
+use crate::policy::{normalize, Denial, StatementClass, Tier};
 use crate::shared::{EnvRuntime, Runtime, Shared};
 
 use super::admission::Admitted;
@@ -115,10 +115,6 @@ impl<'a> Observer<'a> {
             let _ = a.log(r);
         }
     }
-
-    /// Statements are being sent upstream (nothing to record until they
-    /// complete; kept as a hook for the promotion gate).
-    pub fn allowed(&self, _stmts: &[Statement], _text: &str) {}
 
     /// Record everything the tracker finished since the last call.
     pub fn drain(&self, tracker: &Mutex<Tracker>) {

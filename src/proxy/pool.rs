@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::stream::{MaybeTls, UpstreamStream};
 use super::upstream::Upstream;
-use crate::protocol::frame;
+use crate::protocol::{encode, frame};
 
 /// What an idle upstream session may be reused for.
 pub type PoolKey = (Arc<str>, &'static str, Vec<(String, String)>);
@@ -97,18 +97,13 @@ impl UpstreamPool {
 
 /// Send Terminate and close (best effort).
 pub async fn terminate(s: &mut UpstreamStream) {
-    let _ = s.write_all(b"X\0\0\0\x04").await;
+    let _ = s.write_all(&encode::terminate()).await;
     let _ = s.shutdown().await;
 }
 
 /// `DISCARD ALL` and expect exactly its completion and an idle ReadyForQuery.
 async fn reset(s: &mut UpstreamStream) -> std::io::Result<()> {
-    let q = b"DISCARD ALL\0";
-    let mut msg = Vec::with_capacity(q.len() + 5);
-    msg.push(b'Q');
-    msg.extend_from_slice(&((q.len() + 4) as i32).to_be_bytes());
-    msg.extend_from_slice(q);
-    s.write_all(&msg).await?;
+    s.write_all(&encode::query("DISCARD ALL")).await?;
     s.flush().await?;
     let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
     let mut buf = BytesMut::with_capacity(256);

@@ -346,12 +346,7 @@ fn scan_backend(
 /// Frame bytes for a denied statement in the simple protocol: the upstream
 /// answers it with a syntax error, which the tracker replaces.
 pub fn injected_query() -> Bytes {
-    let mut b = BytesMut::new();
-    let text = b"tierwarden: denied\0";
-    b.extend_from_slice(b"Q");
-    b.extend_from_slice(&((4 + text.len()) as i32).to_be_bytes());
-    b.extend_from_slice(text);
-    b.freeze()
+    encode::query("tierwarden: denied")
 }
 
 /// Frame bytes for a denied statement in the extended protocol: a Bind to

@@ -114,39 +114,28 @@ async fn open(
     rt: &Runtime,
     shared: &Shared,
 ) -> std::io::Result<Opening> {
-    let mut stream: Option<ClientStream> = None;
+    // At most SSLRequest/GSSENCRequest answered 'N', then the real packet;
+    // after a TLS handshake the rest happens in `open_tls`.
     for _ in 0..3 {
-        let packet = {
-            let s: &mut (dyn tokio::io::AsyncRead + Unpin + Send) = match stream.as_mut() {
-                Some(c) => c,
-                None => &mut sock,
-            };
-            read_startup(s).await
-        };
-        let packet = match packet {
+        let packet = match read_startup(&mut sock).await {
             Ok(p) => p,
             Err(e) => {
                 let f = Fatal::new(sqlstate::PROTOCOL_VIOLATION, e.to_string()).frame();
-                match stream.as_mut() {
-                    Some(c) => c.write_all(&f).await?,
-                    None => sock.write_all(&f).await?,
-                }
+                sock.write_all(&f).await?;
                 return Ok(Opening::Done);
             }
         };
         match packet {
-            StartupPacket::SslRequest if stream.is_none() => match &rt.tls {
+            StartupPacket::SslRequest => match &rt.tls {
                 Some((cfg, _)) => {
                     sock.write_all(b"S").await?;
                     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(cfg));
                     let tls = acceptor.accept(sock).await?;
-                    stream = Some(MaybeTls::Tls(Box::new(tls)));
-                    // `sock` moved: the loop continues on the TLS stream only.
-                    return open_tls(stream, env, shared).await;
+                    return open_tls(MaybeTls::Tls(Box::new(tls)), env, shared).await;
                 }
                 None => sock.write_all(b"N").await?,
             },
-            StartupPacket::GssEncRequest if stream.is_none() => sock.write_all(b"N").await?,
+            StartupPacket::GssEncRequest => sock.write_all(b"N").await?,
             StartupPacket::Cancel { pid, secret } => {
                 if let Some(t) = shared.cancels.lookup(&env.name, pid, secret) {
                     cancel::forward_cancel(&t).await;
@@ -156,27 +145,16 @@ async fn open(
             StartupPacket::Startup { minor, params } => {
                 return Ok(Opening::Startup(MaybeTls::Plain(sock), minor, params));
             }
-            _ => {
-                let f = Fatal::new(
-                    sqlstate::PROTOCOL_VIOLATION,
-                    "unexpected negotiation request",
-                );
-                sock.write_all(&f.frame()).await?;
-                return Ok(Opening::Done);
-            }
         }
     }
     Ok(Opening::Done)
 }
 
 async fn open_tls(
-    stream: Option<ClientStream>,
+    mut c: ClientStream,
     env: &EnvRuntime,
     shared: &Shared,
 ) -> std::io::Result<Opening> {
-    let Some(mut c) = stream else {
-        return Ok(Opening::Done);
-    };
     match read_startup(&mut c).await {
         Ok(StartupPacket::Startup { minor, params }) => Ok(Opening::Startup(c, minor, params)),
         Ok(StartupPacket::Cancel { pid, secret }) => {

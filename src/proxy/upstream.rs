@@ -42,6 +42,26 @@ pub struct UpstreamTarget<'a> {
     pub timeout: Duration,
 }
 
+impl<'a> UpstreamTarget<'a> {
+    /// The upstream of `env` as `login`.
+    pub fn new(
+        env: &'a crate::shared::EnvRuntime,
+        login: &'a crate::shared::UpstreamLogin,
+        timeout: Duration,
+    ) -> Self {
+        UpstreamTarget {
+            host: &env.cfg.upstream.host,
+            port: env.cfg.upstream.port,
+            database: &env.cfg.upstream.database,
+            sslmode: env.cfg.upstream.sslmode,
+            tls: env.upstream_tls.clone(),
+            user: &login.user,
+            password: login.password.as_deref(),
+            timeout,
+        }
+    }
+}
+
 /// Upstream connection failures. Messages never include secrets.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
