@@ -33,6 +33,18 @@ const CACHE_ENTRIES_PER_SHARD: usize = 512;
 /// about 4096 × 8 KiB).
 const CACHE_MAX_TEXT: usize = 8 * 1024;
 
+/// The cache shard of a key.
+fn shard_of(key: &str) -> usize {
+    let mut hasher = DefaultHasher::new();
+    key.hash(&mut hasher);
+    (hasher.finish() as usize) % CACHE_SHARDS
+}
+
+/// A cache shard, even if a panic elsewhere poisoned its lock.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Per-statement facts besides class and tables.
 #[derive(Default)]
 struct Meta {
@@ -85,52 +97,50 @@ impl Classifier {
         }
     }
 
-    /// Classify every statement of `sql` (cached by exact text).
+    /// Classify every statement of `sql` (cached by exact text, or by
+    /// shape when the result cannot depend on a literal).
     pub fn classify(&self, sql: &str) -> Arc<Classified> {
         if sql.len() > CACHE_MAX_TEXT {
             return Arc::new(self.classify_uncached(sql));
         }
-        let mut hasher = DefaultHasher::new();
-        sql.hash(&mut hasher);
-        let shard = &self.cache[(hasher.finish() as usize) % CACHE_SHARDS];
-        if let Some(hit) = shard.lock().unwrap_or_else(|e| e.into_inner()).get(sql) {
+        let shard = &self.cache[shard_of(sql)];
+        if let Some(hit) = lock(shard).get(sql) {
             return Arc::clone(hit);
         }
-        let fresh = self.classify_by_shape(sql);
-        shard
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .put(sql.to_string(), Arc::clone(&fresh));
+        let (fresh, shaped) = self.classify_by_shape(sql);
+        // Texts the shape cache answers (say, every pgbench statement with
+        // its own literals) would only churn the exact cache.
+        if !shaped {
+            lock(shard).put(sql.to_string(), Arc::clone(&fresh));
+        }
         fresh
     }
 
-    /// Classify through the shape cache (texts differing only in literals).
-    fn classify_by_shape(&self, sql: &str) -> Arc<Classified> {
+    /// Classify through the shape cache (texts differing only in
+    /// literals); also says whether that cache holds the result under a
+    /// key as cheap to compute as an exact lookup (then the exact cache
+    /// need not hold it too).
+    fn classify_by_shape(&self, sql: &str) -> (Arc<Classified>, bool) {
         let key = if super::shape::eligible(sql) {
             super::shape::key(sql)
         } else {
             None
         };
-        let Some(key) = key else {
-            return Arc::new(self.classify_uncached(sql));
+        let Some((key, cheap)) = key else {
+            return (Arc::new(self.classify_uncached(sql)), false);
         };
-        let mut hasher = DefaultHasher::new();
-        key.hash(&mut hasher);
-        let shard = &self.shapes[(hasher.finish() as usize) % CACHE_SHARDS];
-        if let Some(hit) = shard.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-            return Arc::clone(hit);
+        let shard = &self.shapes[shard_of(&key)];
+        if let Some(hit) = lock(shard).get(&key) {
+            return (Arc::clone(hit), cheap);
         }
         let fresh = Arc::new(self.classify_uncached(sql));
-        if super::shape::storable(&fresh) {
-            shard
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .put(key, Arc::clone(&fresh));
+        let storable = super::shape::storable(&fresh);
+        if storable {
+            lock(shard).put(key, Arc::clone(&fresh));
         }
-        fresh
+        (fresh, storable && cheap)
     }
 
-    /// Classify without touching the cache.
     pub fn classify_uncached(&self, sql: &str) -> Classified {
         let unclassified = || Classified {
             statements: vec![Statement::unclassified()],

@@ -3,27 +3,50 @@
 //! so simple-protocol applications that inline values do not pay a full
 //! classification per statement.
 //!
-//! Soundness: a result is stored under its shape (PostgreSQL's own
-//! `normalize`: every constant replaced by `$n`, everything else kept
-//! verbatim, so the key is the full structure, not a hash) only when it
-//! cannot depend on a literal value: every statement is `read` or `write`,
-//! none makes the session writable, prepares, executes or deallocates,
-//! and the text mentions none of the constructs whose class depends on a
-//! constant (`set_config`, EXPLAIN options, COPY targets). A lookup by
-//! shape can therefore only return what a full classification would.
+//! Soundness: a result is stored under its shape only when it cannot depend
+//! on a literal value: every statement is `read` or `write`, none makes the
+//! session writable, prepares, executes or deallocates, and the text
+//! mentions none of the constructs whose class depends on a constant
+//! (`set_config`, EXPLAIN options, COPY targets). A lookup by shape can
+//! therefore only return what a full classification would.
 //!
-//! Owns: eligibility and the storage rule. Must never: store a result whose
-//! class could change with a literal.
+//! The shape key is the full text with every constant replaced, never a
+//! hash. Two ways to compute it:
+//! - [`lexed_key`], a single pass in Rust over texts made only of plain
+//!   tokens: identifiers, `"quoted identifiers"`, `'strings'` without
+//!   prefix, unsigned decimal numbers, operators and whitespace. Anything
+//!   whose lexing PostgreSQL could read differently (comments, `$`,
+//!   backslashes, `E''`/`U&`/`B''`/`X''` prefixes, `UESCAPE`, exponents,
+//!   hexadecimal or underscored numbers, a number touching a letter or a
+//!   dot) makes it give up. Within that language every replaced span is
+//!   exactly one constant token for PostgreSQL's lexer, and everything else
+//!   is kept byte for byte, so texts with one key have the same token
+//!   stream up to constant values.
+//! - PostgreSQL's own `normalize` for everything else (about 100× slower).
+//!
+//! Keys of the two kinds cannot collide: lexed keys start with a NUL byte,
+//! which no text from the wire (NUL-terminated) and no normalized text has.
+//!
+//! Owns: eligibility, the shape key and the storage rule. Must never: store
+//! a result whose class could change with a literal.
 
 use super::{Classified, StatementClass};
 
 /// Words whose presence anywhere in the text keeps it out of the shape cache.
 const EXCLUDED: &[&str] = &["set_config", "explain", "copy"];
 
-/// Whether `sql` may be looked up (and stored) by shape.
+/// Whether `sql` may be looked up (and stored) by shape: it mentions none
+/// of [`EXCLUDED`] anywhere, in any letter case (one pass, no allocation).
 pub fn eligible(sql: &str) -> bool {
-    let lower = sql.to_ascii_lowercase();
-    !EXCLUDED.iter().any(|w| lower.contains(w))
+    let b = sql.as_bytes();
+    !(0..b.len()).any(|i| {
+        let first = b[i].to_ascii_lowercase();
+        EXCLUDED.iter().any(|w| {
+            w.as_bytes()[0] == first
+                && b.get(i..i + w.len())
+                    .is_some_and(|s| s.eq_ignore_ascii_case(w.as_bytes()))
+        })
+    })
 }
 
 /// Whether a classification result is independent of literal values.
@@ -39,15 +62,392 @@ pub fn storable(c: &Classified) -> bool {
         })
 }
 
-/// The shape key of `sql` (None when PostgreSQL's normalizer rejects it).
-pub fn key(sql: &str) -> Option<String> {
-    pg_query::normalize(sql).ok()
+/// The shape key of `sql` (None when neither way can compute one), and
+/// whether it was the cheap, lexed one.
+pub fn key(sql: &str) -> Option<(String, bool)> {
+    match lexed_key(sql) {
+        Some(k) => Some((k, true)),
+        None => pg_query::normalize(sql).ok().map(|k| (k, false)),
+    }
+}
+
+/// Marker of a numeric constant in a lexed key.
+const NUMBER: &str = "$n";
+/// Marker of a string constant in a lexed key.
+const STRING: &str = "$s";
+
+/// Identifier bytes (PostgreSQL: letters, digits, `_`, `$`, any byte ≥ 0x80).
+fn ident_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
+}
+
+/// Whether a string literal ending just before `rest` is continued by
+/// another (`'a'` newline `'b'` is one constant for PostgreSQL).
+fn continued(rest: &[u8]) -> bool {
+    let ws = rest
+        .iter()
+        .take_while(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c'))
+        .count();
+    rest.get(ws) == Some(&b'\'') && rest[..ws].iter().any(|c| matches!(c, b'\n' | b'\r'))
+}
+
+/// The lexed shape key of `sql`, or None when the text is outside the
+/// plain-token language (see the module documentation).
+pub fn lexed_key(sql: &str) -> Option<String> {
+    let b = sql.as_bytes();
+    let mut key = String::with_capacity(b.len() + 1);
+    key.push('\0');
+    let (mut i, mut kept) = (0usize, 0usize);
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b'\'' => {
+                // A prefix (E, U&, B, X, N, a type name) changes the lexing.
+                if i > 0 && (ident_byte(b[i - 1]) || b[i - 1] == b'&') {
+                    return None;
+                }
+                let mut j = i + 1;
+                loop {
+                    match b.get(j) {
+                        None => return None,
+                        Some(b'\'') if b.get(j + 1) == Some(&b'\'') => j += 2,
+                        Some(b'\'') => break,
+                        // An escape if standard_conforming_strings is off.
+                        Some(b'\\') => return None,
+                        Some(_) => j += 1,
+                    }
+                }
+                if b.get(j + 1).is_some_and(|&n| ident_byte(n)) || continued(&b[j + 1..]) {
+                    return None;
+                }
+                key.push_str(&sql[kept..i]);
+                key.push_str(STRING);
+                i = j + 1;
+                kept = i;
+            }
+            b'"' => {
+                if i > 0 && b[i - 1] == b'&' {
+                    return None; // U&"..." (and its UESCAPE)
+                }
+                let mut j = i + 1;
+                loop {
+                    match b.get(j) {
+                        None => return None,
+                        Some(b'"') if b.get(j + 1) == Some(&b'"') => j += 2,
+                        Some(b'"') => break,
+                        // Kept verbatim: must not look like a marker.
+                        Some(b'$') => return None,
+                        Some(_) => j += 1,
+                    }
+                }
+                if j == i + 1 {
+                    return None; // zero-length delimited identifier
+                }
+                i = j + 1;
+            }
+            b'0'..=b'9' => {
+                if i > 0 && b[i - 1] == b'.' {
+                    return None;
+                }
+                let mut j = i;
+                while b.get(j).is_some_and(u8::is_ascii_digit) {
+                    j += 1;
+                }
+                if b.get(j) == Some(&b'.') {
+                    j += 1;
+                    if !b.get(j).is_some_and(u8::is_ascii_digit) {
+                        return None;
+                    }
+                    while b.get(j).is_some_and(u8::is_ascii_digit) {
+                        j += 1;
+                    }
+                }
+                if b.get(j)
+                    .is_some_and(|&n| ident_byte(n) || n == b'.' || n == b'\'')
+                {
+                    return None;
+                }
+                key.push_str(&sql[kept..i]);
+                key.push_str(NUMBER);
+                i = j;
+                kept = i;
+            }
+            b'$' if b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                // A parameter ($1): kept verbatim, unlike the markers.
+                if i > 0 && ident_byte(b[i - 1]) {
+                    return None;
+                }
+                let start = i + 1;
+                i = start;
+                while b.get(i).is_some_and(u8::is_ascii_digit) {
+                    i += 1;
+                }
+                // (more digits than an int32 holds: PostgreSQL refuses it)
+                if i - start > 9
+                    || b.get(i)
+                        .is_some_and(|&n| ident_byte(n) || n == b'.' || n == b'\'')
+                {
+                    return None;
+                }
+            }
+            b'\\' | b'$' | 0 => return None,
+            b'-' if b.get(i + 1) == Some(&b'-') => return None,
+            b'/' if b.get(i + 1) == Some(&b'*') => return None,
+            _ if ident_byte(c) => {
+                // A whole identifier or keyword: digits inside stay.
+                while i < b.len() && ident_byte(b[i]) {
+                    if b[i] == b'$' {
+                        return None;
+                    }
+                    i += 1;
+                }
+                if b.get(i).is_some_and(|&n| n == b'\'' || n == b'"') {
+                    return None;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    key.push_str(&sql[kept..]);
+    Some(key)
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::{corpus_all, Classifier, PolicyExtensions};
+    use super::lexed_key;
+    use pg_query::protobuf::Token;
+    use proptest::prelude::*;
     use std::sync::Arc;
+
+    /// The key PostgreSQL's own lexer implies: every numeric constant token
+    /// replaced by `$n`, every plain string constant by `$s`, everything
+    /// else (including the gaps between tokens) verbatim.
+    fn key_by_postgres(sql: &str) -> Option<String> {
+        let scan = pg_query::scan(sql).ok()?;
+        let mut key = String::from("\0");
+        let mut at = 0usize;
+        for t in &scan.tokens {
+            let (start, end) = (t.start as usize, t.end as usize);
+            key.push_str(&sql[at..start]);
+            let kind = Token::try_from(t.token).ok()?;
+            match kind {
+                Token::Iconst | Token::Fconst => key.push_str("$n"),
+                Token::Sconst => key.push_str("$s"),
+                _ => key.push_str(&sql[start..end]),
+            }
+            at = end;
+        }
+        key.push_str(&sql[at..]);
+        Some(key)
+    }
+
+    /// `sql` with every constant token replaced by another value.
+    fn other_literals(sql: &str) -> Option<String> {
+        let scan = pg_query::scan(sql).ok()?;
+        let mut out = String::new();
+        let mut at = 0usize;
+        for t in &scan.tokens {
+            let (start, end) = (t.start as usize, t.end as usize);
+            out.push_str(&sql[at..start]);
+            match Token::try_from(t.token).ok()? {
+                Token::Iconst => out.push_str("987"),
+                Token::Fconst => out.push_str("6.5"),
+                Token::Sconst => out.push_str("'other value'"),
+                _ => out.push_str(&sql[start..end]),
+            }
+            at = end;
+        }
+        out.push_str(&sql[at..]);
+        Some(out)
+    }
+
+    #[test]
+    fn lexed_keys_match_postgres_lexer_on_the_corpus() {
+        let mut lexed = 0;
+        for (sql, _) in corpus_all() {
+            if let Some(k) = lexed_key(sql) {
+                lexed += 1;
+                assert_eq!(Some(k), key_by_postgres(sql), "{sql}");
+            }
+        }
+        assert!(
+            lexed > 200,
+            "most corpus statements have a lexed key ({lexed})"
+        );
+    }
+
+    #[test]
+    fn lexed_key_gives_up_on_tokens_postgres_reads_differently() {
+        for sql in [
+            "SELECT E'\\''",
+            "SELECT e'x'",
+            "SELECT U&\"d!0061ta\" UESCAPE '!'",
+            "SELECT U&'d!0061' UESCAPE '!'",
+            "SELECT $$x$$",
+            "SELECT $1a",
+            "SELECT $1.5",
+            "SELECT a$1",
+            "SELECT a$b FROM t",
+            "SELECT \"a$n\" FROM t",
+            "SELECT 1e5",
+            "SELECT 0x1F",
+            "SELECT 1_000",
+            "SELECT .5",
+            "SELECT 5.",
+            "SELECT 123abc",
+            "SELECT 1 -- comment",
+            "SELECT /* comment */ 1",
+            "SELECT B'01'",
+            "SELECT X'ff'",
+            "SELECT N'x'",
+            "SELECT date'2020-01-01'",
+            "SELECT 'unterminated",
+            "SELECT \"unterminated",
+            "SELECT 'a'\n'b'",
+            "SELECT 'a\\'",
+            "SELECT 5'x'",
+            "SELECT 'x'y",
+        ] {
+            assert_eq!(lexed_key(sql), None, "{sql}");
+        }
+    }
+
+    #[test]
+    fn lexed_keys_replace_constants_and_keep_everything_else() {
+        let k = |s: &str| lexed_key(s).expect(s);
+        assert_eq!(
+            k("SELECT abalance FROM pgbench_accounts WHERE aid = 17;"),
+            k("SELECT abalance FROM pgbench_accounts WHERE aid = 424242;")
+        );
+        assert_eq!(k("SELECT 'it''s', 1.5"), k("SELECT '', 99999999999"));
+        assert_eq!(k("SELECT 'a' 'b'"), "\0SELECT $s $s");
+        assert_eq!(k("SELECT $1 + 5, $12"), "\0SELECT $1 + $n, $12");
+        assert_ne!(k("SELECT * FROM t1"), k("SELECT * FROM t2"));
+        assert_ne!(k("SELECT * FROM \"t1\""), k("SELECT * FROM \"t2\""));
+        assert_ne!(k("SELECT x - 1"), k("SELECT x -1"));
+        assert_ne!(k("SELECT 1"), k("SELECT '1'"));
+        assert_eq!(
+            k("SELECT \"it's 1\" FROM é1"),
+            "\0SELECT \"it's 1\" FROM é1"
+        );
+    }
+
+    #[test]
+    fn texts_differing_in_literals_classify_like_a_full_classification() {
+        let c = Classifier::new(&PolicyExtensions::default());
+        let facts = |x: &super::super::Classified| {
+            x.statements
+                .iter()
+                .map(|s| {
+                    (
+                        s.class,
+                        s.makes_writable,
+                        s.tables_written.clone(),
+                        s.ledger_only_write,
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        for (sql, _) in corpus_all() {
+            let Some(other) = other_literals(sql) else {
+                continue;
+            };
+            c.classify(sql);
+            assert_eq!(
+                facts(&c.classify(&other)),
+                facts(&c.classify_uncached(&other)),
+                "{sql}  →  {other}"
+            );
+        }
+    }
+
+    /// Pieces whose concatenations exercise every boundary rule.
+    const PIECES: &[&str] = &[
+        "SELECT",
+        " ",
+        "\n",
+        "$2",
+        "$10",
+        "\t",
+        "a",
+        "t1",
+        "x_2",
+        "é",
+        "int",
+        "date",
+        "E",
+        "U",
+        "B",
+        "X",
+        "N",
+        "1",
+        "42",
+        "1.5",
+        "5.",
+        ".5",
+        "1e5",
+        "0x1F",
+        "1_000",
+        "99999999999",
+        "'s'",
+        "'it''s'",
+        "''",
+        "'",
+        "\"",
+        "\"q\"",
+        "\"a b\"",
+        "\"x$n\"",
+        "$1",
+        "$$",
+        "$",
+        "-",
+        "--",
+        "/*",
+        "*/",
+        "+",
+        "=",
+        "::",
+        "(",
+        ")",
+        ",",
+        ";",
+        ".",
+        "&",
+        "\\",
+        "UESCAPE",
+        "'a'\n'b'",
+        "*",
+        "<",
+        ">",
+        "!",
+        "%",
+        "^",
+        "|",
+        "#",
+        "@",
+        "~",
+        "`",
+        "?",
+        "[",
+        "]",
+        ":",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+        /// Whenever the lexed key exists, PostgreSQL's lexer agrees with it
+        /// token for token.
+        #[test]
+        fn lexed_key_agrees_with_postgres_lexer(
+            picks in proptest::collection::vec(0..PIECES.len(), 1..14)
+        ) {
+            let sql: String = picks.iter().map(|&i| PIECES[i]).collect();
+            if let Some(k) = lexed_key(&sql) {
+                prop_assert_eq!(Some(k), key_by_postgres(&sql), "{:?}", sql);
+            }
+        }
+    }
 
     #[test]
     fn texts_differing_in_literals_share_a_result() {
