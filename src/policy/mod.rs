@@ -255,6 +255,19 @@ pub struct Classified {
     pub statements: Vec<Statement>,
 }
 
+impl std::ops::Deref for Classified {
+    type Target = [Statement];
+    fn deref(&self) -> &[Statement] {
+        &self.statements
+    }
+}
+
+impl From<Vec<Statement>> for Classified {
+    fn from(statements: Vec<Statement>) -> Self {
+        Classified { statements }
+    }
+}
+
 impl Classified {
     /// The most dangerous class among the statements (`None` when empty).
     pub fn max_class(&self) -> Option<StatementClass> {

@@ -20,7 +20,9 @@ use super::observe_hooks::Observer;
 use super::relay::{injected_bind, injected_query, RelayEnd, RESERVED_NAME};
 use super::stream::ClientStream;
 use super::tracker::{InFlight, Tracker};
-use crate::policy::{decide, Decision, Denial, Level, Statement, StatementClass, Tier, TxControl};
+use crate::policy::{
+    decide, Classified, Decision, Denial, Level, Statement, StatementClass, Tier, TxControl,
+};
 use crate::promotion::gate::{Gate, GateDecision};
 use crate::promotion::{statement_fingerprints, Snapshot};
 use crate::protocol::encode::{self, Severity};
@@ -31,7 +33,7 @@ use crate::shared::{EnvRuntime, Runtime, Shared};
 /// A statement known to the session: its classification and text.
 #[derive(Clone)]
 struct Known {
-    stmts: Arc<Vec<Statement>>,
+    stmts: Arc<Classified>,
     text: Arc<str>,
     /// Canonical fingerprints per statement (migration sessions with a
     /// promotion gate only).
@@ -303,12 +305,36 @@ impl<'a> Inbound<'a> {
 
     /// Classify `text` and resolve EXECUTE of SQL-prepared statements.
     fn classify(&self, text: &[u8]) -> Known {
-        let text: Arc<str> = Arc::from(String::from_utf8_lossy(text).as_ref());
+        let text: Arc<str> = match std::str::from_utf8(text) {
+            Ok(t) => Arc::from(t),
+            Err(_) => Arc::from(String::from_utf8_lossy(text).as_ref()),
+        };
         let classified = self.rt.classifier.classify(&text);
+        let stmts = if classified.iter().any(|s| s.execute_name.is_some()) {
+            Arc::new(self.resolve_executes(&classified))
+        } else {
+            classified
+        };
+        let fps = self
+            .gate
+            .as_ref()
+            .filter(|_| {
+                stmts
+                    .iter()
+                    .any(|s: &Statement| s.class == StatementClass::Ddl)
+            })
+            .and_then(|_| statement_fingerprints(&text))
+            .map(Arc::new);
+        Known { stmts, text, fps }
+    }
+
+    /// The statements with each EXECUTE of an SQL-prepared statement
+    /// replaced by the prepared body it runs.
+    fn resolve_executes(&self, classified: &Classified) -> Classified {
         // PREPAREs earlier in this same message count for its EXECUTEs.
         let mut here: HashMap<&str, &Statement> = HashMap::new();
-        let mut stmts: Vec<Statement> = Vec::with_capacity(classified.statements.len());
-        for s in classified.statements.iter() {
+        let mut stmts: Vec<Statement> = Vec::with_capacity(classified.len());
+        for s in classified.iter() {
             stmts.push(match &s.execute_name {
                 Some(name) => {
                     let remembered = self
@@ -329,21 +355,7 @@ impl<'a> Inbound<'a> {
                 here.insert(name, s);
             }
         }
-        let fps = self
-            .gate
-            .as_ref()
-            .filter(|_| {
-                stmts
-                    .iter()
-                    .any(|s: &Statement| s.class == StatementClass::Ddl)
-            })
-            .and_then(|_| statement_fingerprints(&text))
-            .map(Arc::new);
-        Known {
-            stmts: Arc::new(stmts),
-            text,
-            fps,
-        }
+        stmts.into()
     }
 
     /// The first refusal among the statements, if any: the role matrix,
@@ -456,7 +468,7 @@ impl<'a> Inbound<'a> {
                 self.sql_prepared.insert(
                     name.clone(),
                     Known {
-                        stmts: Arc::new(vec![s.clone()]),
+                        stmts: Arc::new(vec![s.clone()].into()),
                         text: Arc::clone(&k.text),
                         fps: None,
                     },
@@ -491,7 +503,7 @@ impl<'a> Inbound<'a> {
     ) {
         let k = if name.starts_with(RESERVED_NAME) {
             let mut k = self.classify(b"");
-            k.stmts = Arc::new(vec![unknown_statement("reserved statement name".into())]);
+            k.stmts = Arc::new(vec![unknown_statement("reserved statement name".into())].into());
             k
         } else {
             self.classify(text)
@@ -526,10 +538,13 @@ impl<'a> Inbound<'a> {
                 .and_then(|n| self.sql_prepared.get(n).cloned()),
         };
         let known = known.unwrap_or_else(|| Known {
-            stmts: Arc::new(vec![unknown_statement(format!(
-                "Bind of unknown or denied statement {:?}",
-                String::from_utf8_lossy(name)
-            ))]),
+            stmts: Arc::new(
+                vec![unknown_statement(format!(
+                    "Bind of unknown or denied statement {:?}",
+                    String::from_utf8_lossy(name)
+                ))]
+                .into(),
+            ),
             text: Arc::from(""),
             fps: None,
         });

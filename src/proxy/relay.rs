@@ -125,7 +125,6 @@ pub async fn run(
         e => e,
     };
     drop(expiry);
-    observer.drain(&tracker);
     shared.sessions.remove(&live_key);
     // A clean, idle end leaves the upstream session reusable: every request
     // answered, not in a transaction, nothing half-read.
@@ -136,6 +135,12 @@ pub async fn run(
             .lock()
             .map(|t| t.idle() && t.status == b'I')
             .unwrap_or(false);
+    if !clean {
+        if let Ok(mut t) = tracker.lock() {
+            t.abandon();
+        }
+    }
+    observer.drain(&tracker);
     let mut stream = ur.unsplit(uw);
     if clean {
         return (end, Some(stream));
@@ -243,17 +248,22 @@ async fn upstream_to_client(
     shared: &Shared,
 ) -> RelayEnd {
     let mut out = BytesMut::with_capacity(READ_BUF);
+    // Made once: a fresh `cancelled()` per read would register and drop a
+    // waiter on the shared shutdown token for every message.
+    let killed = kill.cancelled();
+    let stopping = shared.shutdown.cancelled();
+    tokio::pin!(killed, stopping);
     loop {
         let n = tokio::select! {
             biased;
-            _ = kill.cancelled() => {
+            _ = &mut killed => {
                 let why = reason.lock().ok().and_then(|r| r.clone()).unwrap_or_else(|| "session closed".into());
                 let code = if why.starts_with(PROTOCOL_PREFIX) { sqlstate::PROTOCOL_VIOLATION } else { sqlstate::ADMIN_SHUTDOWN };
                 let f = encode::error(Severity::Fatal, code, &format!("tierwarden: {why}"), None);
                 let _ = write_flush(cw, &f).await;
                 return RelayEnd::Killed(why);
             }
-            _ = shared.shutdown.cancelled(), if tracker.lock().map(|t| t.idle() && t.status == b'I').unwrap_or(true) => {
+            _ = &mut stopping, if tracker.lock().map(|t| t.idle() && t.status == b'I').unwrap_or(true) => {
                 let f = encode::error(Severity::Fatal, sqlstate::ADMIN_SHUTDOWN, "tierwarden: the proxy is shutting down", None);
                 let _ = write_flush(cw, &f).await;
                 return RelayEnd::Killed("shutdown".into());
