@@ -357,6 +357,26 @@ impl Tracker {
         }
     }
 
+    /// The session ends without a clean idle state, so the proxy closes
+    /// the upstream connection and PostgreSQL rolls back what is open. A
+    /// migration episode that already failed, or whose transaction is open
+    /// with nothing in flight, ends here as failed (a client that leaves
+    /// right after the error, with its ROLLBACK still unanswered, is the
+    /// common case). One with a statement in flight that could still
+    /// commit is left unrecorded: its outcome is unknown.
+    pub fn abandon(&mut self) {
+        let rolled_back = self.mig_error || (self.idle() && self.status != b'I');
+        if self.mig_ddl && rolled_back {
+            self.migrations_ended.push(EndedMigration {
+                outcome: MigrationEnd::Failed,
+                statements: std::mem::take(&mut self.mig_fps),
+                first_text: self.mig_text.take(),
+            });
+        }
+        self.mig_ddl = false;
+        self.mig_error = false;
+    }
+
     /// Whether every sent request has been answered.
     pub fn idle(&self) -> bool {
         self.segments.is_empty()

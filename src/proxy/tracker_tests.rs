@@ -168,3 +168,46 @@ fn extended_copy_in_sync_before_data_yields_one_ready() {
     t.on_backend(b'Z', b"I", now);
     assert!(t.idle());
 }
+
+#[test]
+fn abandoned_migration_outcomes() {
+    let now = Instant::now();
+    let open_ddl_tx = || {
+        let mut t = Tracker::new(true);
+        t.simple(vec![stmt(StatementClass::Transaction)], None);
+        t.on_backend(b'C', b"BEGIN\0", now);
+        t.on_backend(b'Z', b"T", now);
+        t.simple(vec![stmt(StatementClass::Ddl)], None);
+        t.on_backend(b'C', b"CREATE TABLE\0", now);
+        t
+    };
+    // failed, ROLLBACK sent with Terminate and never answered → failed
+    let mut t = open_ddl_tx();
+    t.on_backend(b'Z', b"T", now);
+    t.simple(vec![stmt(StatementClass::Read)], None);
+    t.on_backend(b'E', &err("22012"), now);
+    t.on_backend(b'Z', b"E", now);
+    t.simple(vec![stmt(StatementClass::Transaction)], None);
+    t.abandon();
+    assert_eq!(outcomes(&t), vec![MigrationEnd::Failed]);
+
+    // open transaction, nothing in flight: closing the upstream rolls it back
+    let mut t = open_ddl_tx();
+    t.on_backend(b'Z', b"T", now);
+    t.abandon();
+    assert_eq!(outcomes(&t), vec![MigrationEnd::Failed]);
+
+    // COMMIT in flight, no error: it may still commit → not recorded
+    let mut t = open_ddl_tx();
+    t.on_backend(b'Z', b"T", now);
+    t.simple(vec![stmt(StatementClass::Transaction)], None);
+    t.abandon();
+    assert!(outcomes(&t).is_empty());
+
+    // no ddl, or not a migration session → nothing
+    let mut t = Tracker::new(false);
+    t.simple(vec![stmt(StatementClass::Ddl)], None);
+    t.on_backend(b'E', &err("42601"), now);
+    t.abandon();
+    assert!(outcomes(&t).is_empty());
+}
