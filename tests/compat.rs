@@ -1,20 +1,28 @@
 //! Client compatibility through the real proxy to real PostgreSQL: psql,
-//! pgbench, tokio-postgres, psycopg 3, asyncpg, node-postgres and pgjdbc
-//! each run a simple query, parameterized/prepared statements, a transaction
-//! rolled back, COPY, a cancel and a policy denial as `app_runtime` in the
-//! production-tier environment over TLS verified against the quickstart CA
-//! (verify-full). The scripts live in `tests/compat/` (python, node, java —
-//! Java is compiled here with javac); each prints `ok <step>` lines and
-//! `ALL OK`. A missing runtime or library FAILS the test with the command
-//! that installs it (`.ci/run` installs them all).
+//! pgbench, tokio-postgres, sqlx, psycopg 3, asyncpg, node-postgres and
+//! pgjdbc each run a simple query, parameterized/prepared statements, a
+//! transaction rolled back, COPY, a cancel and a policy denial as
+//! `app_runtime` in the production-tier environment over TLS verified
+//! against the quickstart CA (verify-full). The scripts live in
+//! `tests/compat/` (python, node, java — Java is compiled here with javac);
+//! each prints `ok <step>` lines and `ALL OK`. A missing runtime or library
+//! FAILS the test with the command that installs it (`.ci/run` installs them
+//! all). sqlx (a dev-dependency) runs in-process in `compat/sqlx_client.rs`;
+//! it has no cancel API, so its test covers statement_timeout and a query
+//! dropped by a timeout instead.
 //!
-//! Migration tools as `ci_migrator` (alembic, knex) are in
-//! `compat/migrations.rs`, included below.
+//! Migration tools as `ci_migrator` (alembic, knex in
+//! `compat/migrations.rs`; sqlx's `Migrator` in `compat/sqlx_migrate.rs`)
+//! are included below.
 
 mod support;
 
 #[path = "compat/migrations.rs"]
 mod migrations;
+#[path = "compat/sqlx_client.rs"]
+mod sqlx_client;
+#[path = "compat/sqlx_migrate.rs"]
+mod sqlx_migrate;
 
 use std::time::Duration;
 

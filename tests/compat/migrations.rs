@@ -12,7 +12,7 @@ use super::support::{start_proxy, world, Proxy};
 use super::{exec, require, tw_env, COMPAT, NPM, PIP};
 
 /// Sum of a metric's samples whose labels include every `labels` pair.
-fn metric(body: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn metric(body: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     body.lines()
         .filter(|l| l.starts_with(&format!("{name}{{")))
         .filter(|l| {
@@ -25,7 +25,7 @@ fn metric(body: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 /// `tierwarden_migrations_total{env="prod",outcome}` of a proxy.
-async fn prod_migrations(p: &Proxy, outcome: &str) -> f64 {
+pub(crate) async fn prod_migrations(p: &Proxy, outcome: &str) -> f64 {
     let (status, body) = p.http_get("/metrics").await;
     assert_eq!(status, 200);
     metric(
@@ -36,7 +36,7 @@ async fn prod_migrations(p: &Proxy, outcome: &str) -> f64 {
 }
 
 /// Run statements as the superuser in prod's database (test data setup).
-async fn prod_exec(sql: &str) {
+pub(crate) async fn prod_exec(sql: &str) {
     let w = world();
     w.superuser(&w.database("prod"))
         .await
@@ -46,13 +46,13 @@ async fn prod_exec(sql: &str) {
 }
 
 /// `tierwarden_denied_total{env="prod"}` of a proxy (every role and class).
-async fn prod_denials(p: &Proxy) -> f64 {
+pub(crate) async fn prod_denials(p: &Proxy) -> f64 {
     let (_, body) = p.http_get("/metrics").await;
     metric(&body, "tierwarden_denied_total", &[("env", "prod")])
 }
 
 /// A single value read by the superuser in prod's database.
-async fn prod_value(sql: &str) -> String {
+pub(crate) async fn prod_value(sql: &str) -> String {
     let w = world();
     let row = w
         .superuser(&w.database("prod"))
