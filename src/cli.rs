@@ -189,15 +189,28 @@ pub fn main() -> i32 {
             envs,
             offline,
         } => runtime(crate::cli_tools::check(config, envs, offline)),
-        Command::Serve { config, envs } => runtime(serve(config, envs)),
-        Command::Quickstart { dir, port_base } => {
-            runtime(crate::cli_tools::quickstart(dir, port_base))
-        }
+        Command::Serve { config, envs } => match load_for_serve(&config, &envs) {
+            Ok((cfg, served)) => {
+                runtime_with(cfg.proxy.worker_threads(), serve(config, cfg, served))
+            }
+            Err(code) => code,
+        },
+        Command::Quickstart { dir, port_base } => runtime_with(
+            crate::config::ProxySettings::default().worker_threads(),
+            crate::cli_tools::quickstart(dir, port_base),
+        ),
     }
 }
 
 fn runtime<F: std::future::Future<Output = i32>>(f: F) -> i32 {
+    runtime_with(2, f)
+}
+
+/// Run `f` on a runtime with `threads` worker threads (the session threads
+/// of `serve` and `quickstart`).
+fn runtime_with<F: std::future::Future<Output = i32>>(threads: usize, f: F) -> i32 {
     match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
         .enable_all()
         .build()
     {
@@ -247,11 +260,7 @@ pub fn load_for_serve(
     Ok((cfg, served))
 }
 
-async fn serve(path: PathBuf, envs: Vec<String>) -> i32 {
-    let (cfg, served) = match load_for_serve(&path, &envs) {
-        Ok(x) => x,
-        Err(code) => return code,
-    };
+async fn serve(path: PathBuf, cfg: config::Config, served: Vec<String>) -> i32 {
     install_signal_handlers();
     let server = match crate::serve::start(cfg, &path, served).await {
         Ok(s) => s,

@@ -205,3 +205,14 @@ fn every_shipped_config_example_passes_check() {
         );
     }
 }
+
+#[test]
+fn absurd_worker_thread_count_names_the_key() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (path, _) = write(dir.path(), &GOOD);
+    let text = std::fs::read_to_string(&path).expect("read");
+    std::fs::write(&path, format!("[proxy]\nworker_threads = 100000\n{text}")).expect("write");
+    let (code, err) = serve(&path, &["--env", "stage"], None);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("proxy.worker_threads"), "{err}");
+}

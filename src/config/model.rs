@@ -60,6 +60,26 @@ pub struct ProxySettings {
     pub upstream_pool_size: usize,
     /// How long an idle upstream session is kept (milliseconds).
     pub upstream_idle_timeout_ms: u64,
+    /// Threads that run sessions; 0 = automatic (half the CPU cores, at
+    /// least one). Read at start only.
+    pub worker_threads: usize,
+}
+
+impl ProxySettings {
+    /// Most worker threads a configuration may ask for.
+    pub const MAX_WORKER_THREADS: usize = 256;
+
+    /// The number of session threads to start: the configured one, or half
+    /// the CPU cores (at least one). The proxy usually shares its machine
+    /// with the database or the application, and on a shared machine fewer
+    /// threads spend less on cross-thread wake-ups per message.
+    pub fn worker_threads(&self) -> usize {
+        if self.worker_threads > 0 {
+            return self.worker_threads.min(Self::MAX_WORKER_THREADS);
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cores / 2).max(1)
+    }
 }
 
 impl Default for ProxySettings {
@@ -71,6 +91,7 @@ impl Default for ProxySettings {
             shutdown_grace_ms: 30_000,
             upstream_pool_size: 8,
             upstream_idle_timeout_ms: 30_000,
+            worker_threads: 0,
         }
     }
 }

@@ -155,6 +155,16 @@ fn roles_and_identities(c: &Config, out: &mut Vec<Problem>) {
 }
 
 fn sections(c: &Config, out: &mut Vec<Problem>) {
+    if c.proxy.worker_threads > super::model::ProxySettings::MAX_WORKER_THREADS {
+        out.push(p(
+            "proxy.worker_threads".into(),
+            format!(
+                "{} worker threads is more than the proxy can use",
+                c.proxy.worker_threads
+            ),
+            "use 0 (automatic: half the CPU cores) or a number up to 256",
+        ));
+    }
     let needs_tls = c.environments.values().any(|e| e.tls_required());
     if needs_tls && c.tls.is_none() {
         out.push(p(
