@@ -118,27 +118,27 @@ impl Classifier {
 
     /// Classify through the shape cache (texts differing only in
     /// literals); also says whether that cache holds the result under a
-    /// key as cheap to compute as an exact lookup (then the exact cache
-    /// need not hold it too).
+    /// cheap key that this text's literals vary under (then the exact
+    /// cache need not hold it too: it would only churn).
     fn classify_by_shape(&self, sql: &str) -> (Arc<Classified>, bool) {
         let key = if super::shape::eligible(sql) {
             super::shape::key(sql)
         } else {
             None
         };
-        let Some((key, cheap)) = key else {
+        let Some((key, varies)) = key else {
             return (Arc::new(self.classify_uncached(sql)), false);
         };
         let shard = &self.shapes[shard_of(&key)];
         if let Some(hit) = lock(shard).get(&key) {
-            return (Arc::clone(hit), cheap);
+            return (Arc::clone(hit), varies);
         }
         let fresh = Arc::new(self.classify_uncached(sql));
         let storable = super::shape::storable(&fresh);
         if storable {
             lock(shard).put(key, Arc::clone(&fresh));
         }
-        (fresh, storable && cheap)
+        (fresh, storable && varies)
     }
 
     pub fn classify_uncached(&self, sql: &str) -> Classified {

@@ -63,10 +63,16 @@ pub fn storable(c: &Classified) -> bool {
 }
 
 /// The shape key of `sql` (None when neither way can compute one), and
-/// whether it was the cheap, lexed one.
+/// whether the text's own literals vary under it: the key was the cheap,
+/// lexed one and replaced at least one constant. Such texts are best
+/// looked up by shape alone; the others (parameterized texts of the
+/// extended protocol, say) repeat verbatim and are best kept by exact text.
 pub fn key(sql: &str) -> Option<(String, bool)> {
     match lexed_key(sql) {
-        Some(k) => Some((k, true)),
+        Some(k) => {
+            let varies = k.get(1..) != Some(sql);
+            Some((k, varies))
+        }
         None => pg_query::normalize(sql).ok().map(|k| (k, false)),
     }
 }
@@ -323,6 +329,9 @@ mod tests {
         assert_eq!(k("SELECT 'it''s', 1.5"), k("SELECT '', 99999999999"));
         assert_eq!(k("SELECT 'a' 'b'"), "\0SELECT $s $s");
         assert_eq!(k("SELECT $1 + 5, $12"), "\0SELECT $1 + $n, $12");
+        assert_eq!(super::key("SELECT $1").map(|x| x.1), Some(false));
+        assert_eq!(super::key("SELECT 1").map(|x| x.1), Some(true));
+        assert_eq!(super::key("SELECT 1e5").map(|x| x.1), Some(false));
         assert_ne!(k("SELECT * FROM t1"), k("SELECT * FROM t2"));
         assert_ne!(k("SELECT * FROM \"t1\""), k("SELECT * FROM \"t2\""));
         assert_ne!(k("SELECT x - 1"), k("SELECT x -1"));

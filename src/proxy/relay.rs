@@ -312,6 +312,8 @@ fn scan_backend(
     tracker: &Mutex<Tracker>,
 ) -> Result<bool, FrameError> {
     let mut guard: Option<std::sync::MutexGuard<'_, Tracker>> = None;
+    // One clock read per batch: its messages arrived together.
+    let mut now: Option<Instant> = None;
     let mut pending = false;
     loop {
         if *passthrough > 0 {
@@ -344,7 +346,7 @@ fn scan_backend(
                 Err(p) => guard.insert(p.into_inner()),
             },
         };
-        match t.on_backend(tag, &f[5..], Instant::now()) {
+        match t.on_backend(tag, &f[5..], *now.get_or_insert_with(Instant::now)) {
             Action::Forward => out.extend_from_slice(&f),
             Action::Replace(b) => out.extend_from_slice(&b),
         }
