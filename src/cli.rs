@@ -209,11 +209,17 @@ fn runtime<F: std::future::Future<Output = i32>>(f: F) -> i32 {
 /// Run `f` on a runtime with `threads` worker threads (the session threads
 /// of `serve` and `quickstart`).
 fn runtime_with<F: std::future::Future<Output = i32>>(threads: usize, f: F) -> i32 {
-    match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
-        .enable_all()
-        .build()
-    {
+    let built = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    };
+    match built {
         Ok(rt) => rt.block_on(f),
         Err(e) => {
             eprintln!("tierwarden: cannot start the runtime: {e}");

@@ -11,14 +11,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, ReadHalf};
+use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::Admitted;
 use super::gatekeeper::{self, TxView};
 use super::observe_hooks::Observer;
 use super::relay::{injected_bind, injected_query, RelayEnd, RESERVED_NAME};
-use super::stream::ClientStream;
+use super::stream::ClientReader;
 use super::tracker::{InFlight, Tracker};
 use crate::policy::{
     decide, Classified, Decision, Denial, Level, Statement, StatementClass, Tier, TxControl,
@@ -148,7 +148,7 @@ impl<'a> Inbound<'a> {
     /// Read from the client, applying the idle-in-transaction timeout.
     pub async fn read(
         &mut self,
-        cr: &mut ReadHalf<ClientStream>,
+        cr: &mut ClientReader<'_>,
         buf: &mut BytesMut,
         tracker: &Mutex<Tracker>,
     ) -> Result<usize, RelayEnd> {

@@ -13,13 +13,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::admission::Admitted;
 use super::inbound::Inbound;
 use super::observe_hooks::Observer;
-use super::stream::{ClientStream, UpstreamStream};
+use super::stream::{
+    ClientReader, ClientStream, ClientWriter, UpstreamReader, UpstreamStream, UpstreamWriter,
+};
 use super::tracker::{Action, Tracker};
 use super::upstream::Upstream;
 use crate::protocol::encode::{self, Severity};
@@ -59,7 +61,7 @@ const FATAL_GRACE: Duration = Duration::from_secs(2);
 
 /// Run an established session until it ends.
 pub async fn run(
-    client: ClientStream,
+    mut client: ClientStream,
     up: Upstream,
     adm: &Admitted,
     env: &Arc<EnvRuntime>,
@@ -82,8 +84,9 @@ pub async fn run(
         adm.migrations_role || adm.login.level == crate::policy::Level::Migrate,
     ));
     let observer = Observer::new(adm, env, rt, shared, up.pid);
-    let (mut cr, mut cw) = tokio::io::split(client);
-    let (mut ur, mut uw) = tokio::io::split(up.stream);
+    let mut ustream = up.stream;
+    let (mut cr, mut cw) = client.split_mut();
+    let (mut ur, mut uw) = ustream.split_mut();
     let mut ubuf = BytesMut::with_capacity(READ_BUF);
     let mut upass = 0usize;
     let mut inbound = Inbound::new(adm, env, rt, shared, &observer);
@@ -141,11 +144,10 @@ pub async fn run(
         }
     }
     observer.drain(&tracker);
-    let mut stream = ur.unsplit(uw);
     if clean {
-        return (end, Some(stream));
+        return (end, Some(ustream));
     }
-    super::pool::terminate(&mut stream).await;
+    super::pool::terminate(&mut ustream).await;
     (end, None)
 }
 
@@ -158,8 +160,8 @@ impl Drop for AbortOnDrop {
 }
 
 async fn client_to_upstream(
-    cr: &mut ReadHalf<ClientStream>,
-    uw: &mut WriteHalf<UpstreamStream>,
+    cr: &mut ClientReader<'_>,
+    uw: &mut UpstreamWriter<'_>,
     tracker: &Mutex<Tracker>,
     inbound: &mut Inbound<'_>,
 ) -> RelayEnd {
@@ -237,8 +239,8 @@ fn inspected(tag: u8) -> bool {
 
 #[allow(clippy::too_many_arguments)]
 async fn upstream_to_client(
-    ur: &mut ReadHalf<UpstreamStream>,
-    cw: &mut WriteHalf<ClientStream>,
+    ur: &mut UpstreamReader<'_>,
+    cw: &mut ClientWriter<'_>,
     buf: &mut BytesMut,
     passthrough: &mut usize,
     tracker: &Mutex<Tracker>,
