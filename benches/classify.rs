@@ -3,7 +3,11 @@
 //! Run: `cargo bench --bench classify`. The mix is the policy corpus (application
 //! SQL, migration-tool SQL and adversarial statements). "miss" makes every text
 //! unique (a trailing comment with a counter) so the cache never hits; "hit"
-//! repeats the corpus texts through a warm cache.
+//! repeats the corpus texts through a warm cache. "literals" is the
+//! simple-protocol case: pgbench's TPC-B statements with fresh literal
+//! values every time, answered by the shape cache; "shape_key" compares the
+//! two ways of computing that cache's key (the lexed key and PostgreSQL's
+//! normalize).
 
 use std::hint::black_box;
 
@@ -41,6 +45,44 @@ fn bench_classify(c: &mut Criterion) {
         b.iter(|| {
             for sql in &texts {
                 black_box(warm.classify(black_box(sql)));
+            }
+        })
+    });
+    group.finish();
+
+    let tpcb = |i: u64| {
+        [
+            format!("UPDATE pgbench_accounts SET abalance = abalance + {} WHERE aid = {};", i % 5000, i % 1_000_000),
+            format!("SELECT abalance FROM pgbench_accounts WHERE aid = {};", i % 1_000_000),
+            format!("UPDATE pgbench_tellers SET tbalance = tbalance + {} WHERE tid = {};", i % 5000, i % 100),
+            format!("UPDATE pgbench_branches SET bbalance = bbalance + {} WHERE bid = {};", i % 5000, i % 10),
+            format!("INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES ({}, {}, {}, {}, CURRENT_TIMESTAMP);", i % 100, i % 10, i % 1_000_000, i % 5000),
+        ]
+    };
+    let mut group = c.benchmark_group("classify");
+    group.throughput(Throughput::Elements(5));
+    let warm = Classifier::new(&PolicyExtensions::default());
+    let mut i: u64 = 0;
+    group.bench_function("literals_tpcb_5_statements", |b| {
+        b.iter(|| {
+            i += 1;
+            for sql in tpcb(i) {
+                black_box(warm.classify(black_box(&sql)));
+            }
+        })
+    });
+    let fixed = tpcb(42);
+    group.bench_function("shape_key_lexed_tpcb_5_statements", |b| {
+        b.iter(|| {
+            for sql in &fixed {
+                black_box(tierwarden::policy::shape::lexed_key(black_box(sql)));
+            }
+        })
+    });
+    group.bench_function("shape_key_normalize_tpcb_5_statements", |b| {
+        b.iter(|| {
+            for sql in &fixed {
+                black_box(pg_query::normalize(black_box(sql)).ok());
             }
         })
     });

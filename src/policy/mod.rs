@@ -22,7 +22,7 @@ mod decide;
 pub mod functions;
 mod kinds;
 mod settings;
-mod shape;
+pub mod shape;
 mod walk;
 
 #[cfg(test)]
