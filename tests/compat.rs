@@ -12,13 +12,16 @@
 //! dropped by a timeout instead.
 //!
 //! Migration tools as `ci_migrator` (alembic, knex in
-//! `compat/migrations.rs`; sqlx's `Migrator` in `compat/sqlx_migrate.rs`)
-//! are included below.
+//! `compat/migrations.rs`; sqlx's `Migrator` in `compat/sqlx_migrate.rs`;
+//! the `sqlx migrate run` command in `compat/sqlx_cli.rs`) are included
+//! below.
 
 mod support;
 
 #[path = "compat/migrations.rs"]
 mod migrations;
+#[path = "compat/sqlx_cli.rs"]
+mod sqlx_cli;
 #[path = "compat/sqlx_client.rs"]
 mod sqlx_client;
 #[path = "compat/sqlx_migrate.rs"]

@@ -1,0 +1,1 @@
+ALTER TABLE tw_cli_items ADD COLUMN name text;

@@ -1,0 +1,2 @@
+-- data seeding written as a migration: denied for level `migrate`
+INSERT INTO tw_cli_items (sku, name) VALUES ('seed-1', 'seed');
