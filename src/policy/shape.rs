@@ -248,6 +248,23 @@ mod tests {
         Some(key)
     }
 
+    /// What the policy reads of a classification.
+    fn facts(
+        x: &super::super::Classified,
+    ) -> Vec<(super::super::StatementClass, bool, Vec<String>, bool)> {
+        x.statements
+            .iter()
+            .map(|s| {
+                (
+                    s.class,
+                    s.makes_writable,
+                    s.tables_written.clone(),
+                    s.ledger_only_write,
+                )
+            })
+            .collect()
+    }
+
     /// `sql` with every constant token replaced by another value.
     fn other_literals(sql: &str) -> Option<String> {
         let scan = pg_query::scan(sql).ok()?;
@@ -345,19 +362,6 @@ mod tests {
     #[test]
     fn texts_differing_in_literals_classify_like_a_full_classification() {
         let c = Classifier::new(&PolicyExtensions::default());
-        let facts = |x: &super::super::Classified| {
-            x.statements
-                .iter()
-                .map(|s| {
-                    (
-                        s.class,
-                        s.makes_writable,
-                        s.tables_written.clone(),
-                        s.ledger_only_write,
-                    )
-                })
-                .collect::<Vec<_>>()
-        };
         for (sql, _) in corpus_all() {
             let Some(other) = other_literals(sql) else {
                 continue;
@@ -494,20 +498,7 @@ mod tests {
             for (sql, _) in corpus_all() {
                 let cached = c.classify(sql);
                 let full = c.classify_uncached(sql);
-                let key = |x: &super::super::Classified| {
-                    x.statements
-                        .iter()
-                        .map(|s| {
-                            (
-                                s.class,
-                                s.makes_writable,
-                                s.tables_written.clone(),
-                                s.ledger_only_write,
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                };
-                assert_eq!(key(&cached), key(&full), "{sql}");
+                assert_eq!(facts(&cached), facts(&full), "{sql}");
             }
         }
     }

@@ -35,14 +35,19 @@ pub(crate) async fn prod_migrations(p: &Proxy, outcome: &str) -> f64 {
     )
 }
 
-/// Run statements as the superuser in prod's database (test data setup).
-pub(crate) async fn prod_exec(sql: &str) {
+/// Run statements as the superuser in `env`'s database (test data setup).
+pub(crate) async fn env_exec(env: &str, sql: &str) {
     let w = world();
-    w.superuser(&w.database("prod"))
+    w.superuser(&w.database(env))
         .await
         .batch_execute(sql)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// Run statements as the superuser in prod's database (test data setup).
+pub(crate) async fn prod_exec(sql: &str) {
+    env_exec("prod", sql).await
 }
 
 /// `tierwarden_denied_total{env="prod"}` of a proxy (every role and class).
@@ -51,16 +56,21 @@ pub(crate) async fn prod_denials(p: &Proxy) -> f64 {
     metric(&body, "tierwarden_denied_total", &[("env", "prod")])
 }
 
-/// A single value read by the superuser in prod's database.
-pub(crate) async fn prod_value(sql: &str) -> String {
+/// A single value read by the superuser in `env`'s database.
+pub(crate) async fn env_value(env: &str, sql: &str) -> String {
     let w = world();
     let row = w
-        .superuser(&w.database("prod"))
+        .superuser(&w.database(env))
         .await
         .query_one(sql, &[])
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
     row.get(0)
+}
+
+/// A single value read by the superuser in prod's database.
+pub(crate) async fn prod_value(sql: &str) -> String {
+    env_value("prod", sql).await
 }
 
 #[tokio::test]

@@ -11,11 +11,10 @@
 //! Needs `sqlx` on PATH: `cargo install sqlx-cli@0.8.6 --locked
 //! --no-default-features --features postgres,rustls` (`.ci/run` does it).
 
-use std::time::Duration;
-
 use tierwarden::quickstart::layout::{upstream_user, UpstreamKind};
 
-use super::migrations::{prod_denials, prod_exec, prod_migrations, prod_value};
+use super::migrations::{env_exec, prod_denials, prod_exec, prod_migrations, prod_value};
+use super::sqlx_migrate::failed_becomes;
 use super::support::{start_proxy, world, Proxy};
 use super::{exec, require, COMPAT};
 
@@ -75,23 +74,13 @@ async fn migrate_run(p: &Proxy, env: &str, d: &tempfile::TempDir) -> (i32, Strin
     (rc, format!("{out}{err}"))
 }
 
-/// Run `sql` as the superuser in `env`'s database.
-async fn super_exec(env: &str, sql: &str) {
-    let w = world();
-    w.superuser(&w.database(env))
-        .await
-        .batch_execute(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
-
 #[tokio::test]
 async fn sqlx_migrate_run_cli_as_ci_migrator_in_prod() {
     let v = require("sqlx-cli", "sqlx", &["--version"], SQLX_CLI).await;
     eprintln!("{}", v.trim());
     for env in ["stage", "prod"] {
         let owner = upstream_user(env, UpstreamKind::Owner);
-        super_exec(
+        env_exec(
             env,
             &format!("CREATE SCHEMA IF NOT EXISTS tw_cli AUTHORIZATION {owner}"),
         )
@@ -151,14 +140,6 @@ async fn sqlx_migrate_run_cli_as_ci_migrator_in_prod() {
         "1:true,2:true,3:true",
         "no ledger row"
     );
-    let mut seen = failed;
-    for _ in 0..100 {
-        seen = prod_migrations(&p, "failed").await;
-        if seen == failed + 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(seen, failed + 1.0, "the failed migration is counted");
+    failed_becomes(&p, failed + 1.0).await;
     p.stop().await;
 }

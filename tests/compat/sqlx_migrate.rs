@@ -22,9 +22,9 @@ use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnection, PgPoolOptions};
 use sqlx::{Connection, Executor};
 
-use super::migrations::{metric, prod_denials, prod_exec, prod_migrations, prod_value};
+use super::migrations::{env_value, metric, prod_denials, prod_exec, prod_migrations, prod_value};
 use super::sqlx_client::{sqlstate, sqlx_options};
-use super::support::{start_proxy, world, Proxy};
+use super::support::{start_proxy, Proxy};
 use super::COMPAT;
 
 /// A migrations directory as a developer has it: the three schema steps of
@@ -66,18 +66,6 @@ fn failed_at(r: Result<(), MigrateError>) -> (i64, String, String) {
     }
 }
 
-/// A single value read by the superuser in stage's database.
-async fn stage_value(sql: &str) -> String {
-    let w = world();
-    let row = w
-        .superuser(&w.database("stage"))
-        .await
-        .query_one(sql, &[])
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    row.get(0)
-}
-
 #[tokio::test]
 async fn sqlx_migrate_as_ci_migrator_in_prod() {
     let p = start_proxy(|_| {}).await;
@@ -89,7 +77,7 @@ async fn sqlx_migrate_as_ci_migrator_in_prod() {
             .await
             .unwrap_or_else(|e| panic!("sqlx migrate in {env}: {e}"));
     }
-    assert_eq!(stage_value(ledger).await, "1:true,2:true,3:true");
+    assert_eq!(env_value("stage", ledger).await, "1:true,2:true,3:true");
     assert_eq!(prod_value(ledger).await, "1:true,2:true,3:true");
     assert!(prod_migrations(&p, "applied").await >= 3.0);
     // a second run finds everything applied (checksums read back) and is a no-op
@@ -144,7 +132,7 @@ async fn sqlx_migrate_as_ci_migrator_in_prod() {
 
 /// Wait (up to 5 s: the session's end is recorded after the client left)
 /// until prod's failed-migration counter is `n`.
-async fn failed_becomes(p: &Proxy, n: f64) {
+pub(crate) async fn failed_becomes(p: &Proxy, n: f64) {
     let mut seen = 0.0;
     for _ in 0..100 {
         seen = prod_migrations(p, "failed").await;
