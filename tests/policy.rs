@@ -432,3 +432,49 @@ async fn autocommit_only_statements_run_when_allowed() {
     denied(a.simple_query("VACUUM accounts").await, "maintenance at ro");
     p.stop().await;
 }
+
+/// `[policy] ddl_extensions`: a migration may create a listed extension in
+/// production; everyone else, and every other extension, stays refused.
+#[tokio::test]
+async fn ddl_extensions_let_migrations_create_listed_extensions() {
+    let p = start_proxy(|cfg| {
+        cfg.policy.ddl_extensions = vec!["pgcrypto".into()];
+        for e in cfg.environments.values_mut() {
+            e.promotion_gate = Some(GateMode::Off);
+        }
+    })
+    .await;
+    let exists_sql = "SELECT count(*) FROM pg_extension WHERE extname = 'pgcrypto'";
+    let app = p.connect("app_runtime", "prod").await.expect("connects");
+    denied(
+        app.simple_query("CREATE EXTENSION IF NOT EXISTS pgcrypto")
+            .await,
+        "app_runtime@prod CREATE EXTENSION pgcrypto",
+    );
+    let mig = p.connect("ci_migrator", "prod").await.expect("connects");
+    denied(
+        mig.simple_query("CREATE EXTENSION IF NOT EXISTS pgcrypto CASCADE")
+            .await,
+        "CASCADE",
+    );
+    denied(
+        mig.simple_query("CREATE EXTENSION IF NOT EXISTS dblink")
+            .await,
+        "an extension not listed",
+    );
+    assert_eq!(count("prod", exists_sql).await, 0);
+    mig.simple_query("CREATE EXTENSION IF NOT EXISTS pgcrypto")
+        .await
+        .expect("ci_migrator creates a listed extension in prod");
+    assert_eq!(count("prod", exists_sql).await, 1);
+    denied(
+        mig.simple_query("DROP EXTENSION pgcrypto").await,
+        "DROP EXTENSION stays privileged",
+    );
+    su("prod")
+        .await
+        .batch_execute("DROP EXTENSION pgcrypto")
+        .await
+        .expect("cleanup");
+    p.stop().await;
+}

@@ -59,6 +59,8 @@ pub struct Classifier {
     funcs: FunctionTable,
     /// Ledger names: unqualified (`schema_migrations`, any schema) or qualified.
     ledger: Vec<String>,
+    /// Extensions a migration may create (names as PostgreSQL stores them).
+    ddl_extensions: Vec<String>,
     cache: Vec<Mutex<LruCache<String, Arc<Classified>>>>,
     /// Results shared by texts that differ only in literals (see `shape`).
     shapes: Vec<Mutex<LruCache<String, Arc<Classified>>>>,
@@ -88,6 +90,11 @@ impl Classifier {
         Classifier {
             funcs: FunctionTable::new(extra),
             ledger,
+            ddl_extensions: extra
+                .ddl_extensions
+                .iter()
+                .map(|e| e.trim().to_string())
+                .collect(),
             cache: (0..CACHE_SHARDS)
                 .map(|_| Mutex::new(LruCache::new(per_shard)))
                 .collect(),
@@ -372,6 +379,27 @@ impl Classifier {
                     acc.note(Privileged, format!("{verb} ON PARAMETER"));
                 } else {
                     acc.note(Ddl, verb);
+                }
+            }
+            "CreateExtensionStmt" => {
+                let name = str_of("extname");
+                // CASCADE would create other extensions too.
+                let cascade = body
+                    .get("options")
+                    .and_then(Value::as_array)
+                    .is_some_and(|o| {
+                        o.iter().any(|d| {
+                            let d = d.get("node").unwrap_or(d);
+                            d.pointer("/DefElem/defname").and_then(Value::as_str) == Some("cascade")
+                        })
+                    });
+                if !cascade && self.ddl_extensions.contains(&name) {
+                    acc.note(
+                        Ddl,
+                        format!("CREATE EXTENSION {name} (allowed by ddl_extensions)"),
+                    );
+                } else {
+                    acc.note(Privileged, "CREATE EXTENSION");
                 }
             }
             "DropStmt" => object_stmt(acc, ("DROP ", ""), int_of("remove_type")),

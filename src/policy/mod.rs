@@ -295,4 +295,10 @@ pub struct PolicyExtensions {
     /// Additional migration-ledger tables: `name` (any schema) or `schema.name`.
     #[serde(default)]
     pub extra_ledger_tables: Vec<String>,
+    /// Extensions whose `CREATE EXTENSION` (without `CASCADE`) is `ddl`
+    /// instead of `privileged`, so migrations may create them (e.g.
+    /// `pgcrypto`, `citext`). Every other extension statement stays
+    /// privileged.
+    #[serde(default)]
+    pub ddl_extensions: Vec<String>,
 }

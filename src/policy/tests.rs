@@ -172,6 +172,34 @@ fn extensions_extend_tables() {
 }
 
 #[test]
+fn ddl_extensions_allow_named_create_extension_only() {
+    let extra: PolicyExtensions =
+        serde_json::from_value(serde_json::json!({"ddl_extensions": ["pgcrypto", " citext "]}))
+            .unwrap();
+    let c = Classifier::new(&extra);
+    for sql in [
+        "CREATE EXTENSION pgcrypto",
+        "CREATE EXTENSION IF NOT EXISTS PGCRYPTO SCHEMA public",
+        "create extension \"citext\" version '1.6'",
+    ] {
+        assert_eq!(one(&c, sql).class, Ddl, "{sql}");
+    }
+    for sql in [
+        "CREATE EXTENSION pgcrypto CASCADE",
+        "CREATE EXTENSION dblink",
+        "CREATE EXTENSION \"PGCRYPTO\"",
+        "ALTER EXTENSION pgcrypto UPDATE",
+        "DROP EXTENSION pgcrypto",
+    ] {
+        assert_eq!(one(&c, sql).class, Privileged, "{sql}");
+    }
+    assert_eq!(
+        one(&classifier(), "CREATE EXTENSION pgcrypto").class,
+        Privileged
+    );
+}
+
+#[test]
 fn transaction_prepare_execute_deallocate_metadata() {
     let c = classifier();
     let tx = |sql: &str| one(&c, sql).tx;
