@@ -501,7 +501,26 @@ async fn wrong_env_expired_and_foreign_tokens_fail_like_a_bad_password() {
         .expect("valid token");
     c.simple_query("SELECT 1").await.expect("works");
     drop(c);
+    // every refused token counts and is audited like a bad password,
+    // including the two refused for their claims (role, reason)
+    let (_, metrics) = p.http_get("/metrics").await;
+    let bad_tokens = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("tierwarden_auth_failures_total{")
+                && l.contains("env=\"prod\"")
+                && l.contains("reason=\"bad_token\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok());
+    assert_eq!(bad_tokens, Some(6.0), "{metrics}");
+    let file = p.audit.clone();
     p.stop().await;
+    let failures = records(&file)
+        .into_iter()
+        .filter(|r| r["kind"] == "auth_failure" && r["identity"] == "human_admin")
+        .count();
+    assert_eq!(failures, 7, "six tokens and one bad password audited");
 }
 
 #[tokio::test]

@@ -19,7 +19,7 @@ use crate::auth::scram::{mechanisms, tls_server_end_point, ScramServer};
 use crate::auth::token::{self, TokenClaims};
 use crate::auth::verifier::Verifier;
 use crate::observe::labels::AuthFailReason;
-use crate::policy::Level;
+use crate::policy::{Level, Tier};
 use crate::protocol::{encode, frame};
 use crate::shared::{EnvRuntime, Runtime, Shared};
 
@@ -137,7 +137,8 @@ pub async fn authenticate(
     // verifier here) are asked for a cleartext password.
     let cleartext = tls && ident.is_some() && (level == Level::Controlled || verifier.is_none());
     let result = if cleartext {
-        cleartext_flow(client, buf, user, verifier, env).await
+        let role_name = ident.map(|i| i.role.as_str());
+        cleartext_flow(client, buf, user, role_name, verifier, env).await
     } else {
         scram_flow(client, buf, user, verifier, rt, tls)
             .await
@@ -212,6 +213,7 @@ async fn cleartext_flow(
     client: &mut ClientStream,
     buf: &mut BytesMut,
     user: &str,
+    role: Option<&str>,
     verifier: Option<Verifier>,
     env: &EnvRuntime,
 ) -> Result<Option<TokenClaims>, AuthFailure> {
@@ -229,6 +231,22 @@ async fn cleartext_flow(
                 tracing::info!(env = %env.name, identity = user, error = %e, "token rejected");
                 bad()
             })?;
+        // Signed for this identity and environment, but it must also name
+        // the identity's role, and carry a reason in production.
+        let reason_ok = env.tier() != Tier::Production
+            || claims
+                .reason
+                .as_deref()
+                .is_some_and(|r| !r.trim().is_empty());
+        if role != Some(claims.role.as_str()) || !reason_ok {
+            tracing::info!(
+                env = %env.name,
+                identity = user,
+                token_role = %claims.role,
+                "token rejected: issued for another role, or without the reason production requires"
+            );
+            return Err(bad());
+        }
         return Ok(Some(claims));
     }
     match verifier {
