@@ -43,6 +43,8 @@ die() {
     log "FAILED: $*"
     exit 1
 }
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 
 for tool in pgbench psql python3 timeout; do
     command -v "$tool" >/dev/null || die "$tool not found (apt-get install -y postgresql-client python3)"
@@ -76,21 +78,6 @@ RESULTS=$WORK/results.tsv
 
 TW_PID=""
 PGB_PID=""
-# stop_pid PID: SIGTERM, up to 30 s, then SIGKILL; reaps our child.
-stop_pid() {
-    local pid=$1
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null
-    for _ in $(seq 1 300); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "PID $pid did not stop in 30 s: SIGKILL"
-        kill -KILL "$pid" 2>/dev/null
-    fi
-    wait "$pid" 2>/dev/null || true
-}
 cleanup() {
     local rc=$?
     set +e
@@ -99,20 +86,7 @@ cleanup() {
     for pid in $PGB_PID $TW_PID; do
         stop_pid "$pid"
     done
-    # The quickstart stops its cluster on SIGTERM; if it could not, the
-    # postmaster it started is still named in postmaster.pid.
-    local pidfile=$QS/pgdata/data/postmaster.pid
-    if [ -f "$pidfile" ]; then
-        pid=$(head -1 "$pidfile")
-        if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-            log "stopping the leftover postmaster $pid"
-            kill -TERM "$pid" 2>/dev/null
-            for _ in $(seq 1 300); do
-                kill -0 "$pid" 2>/dev/null || break
-                sleep 0.1
-            done
-        fi
-    fi
+    stop_leftover_postmaster "$QS"
     [ -f "$QS/pgdata/postgres.log" ] && cp "$QS/pgdata/postgres.log" "$LOGDIR/postgres.log"
     if [ "${BENCH_KEEP:-0}" = 1 ]; then
         log "kept $WORK"
@@ -125,43 +99,13 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # Seven consecutive free ports: quickstart uses base..base+4, PgBouncer base+5.
-BASE=$(python3 - <<'EOF'
-import random, socket
-for _ in range(200):
-    base = random.randint(20000, 40000)
-    socks = []
-    try:
-        for p in range(base, base + 7):
-            s = socket.socket()
-            socks.append(s)
-            s.bind(("127.0.0.1", p))
-    except OSError:
-        continue
-    finally:
-        for s in socks:
-            s.close()
-    print(base)
-    break
-EOF
-)
+BASE=$(free_port_base 7)
 [ -n "$BASE" ] || die "no free port range"
 DEV_PORT=$BASE
 PROD_PORT=$((BASE + 3))
 PGB_PORT=$((BASE + 5))
 
-start_quickstart() {
-    log "starting tierwarden quickstart on ports $BASE..$((BASE + 4)) in $QS"
-    rm -f "$QS/quickstart.json"
-    "$BIN" quickstart --dir "$QS" --port-base "$BASE" >>"$LOGDIR/tierwarden.log" 2>&1 &
-    TW_PID=$!
-    for _ in $(seq 1 1800); do
-        [ -f "$QS/quickstart.json" ] && return 0
-        kill -0 "$TW_PID" 2>/dev/null || die "quickstart exited (see $LOGDIR/tierwarden.log)"
-        sleep 0.1
-    done
-    die "quickstart not ready after 180 s"
-}
-start_quickstart
+start_quickstart "$BIN" "$QS" "$BASE" "$LOGDIR/tierwarden.log"
 
 jq_py() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($1)" "$2"; }
 PG_PORT=$(jq_py 'd["pg_port"]' "$QS/state.json")
@@ -184,7 +128,7 @@ super_sql "ALTER SYSTEM SET synchronous_commit = off" >/dev/null
 # The quickstart stops its cluster on SIGTERM and reuses it (same port,
 # same passwords, postgresql.auto.conf kept) when started again.
 stop_pid "$TW_PID"
-start_quickstart
+start_quickstart "$BIN" "$QS" "$BASE" "$LOGDIR/tierwarden.log"
 [ "$(super_sql 'SHOW max_connections')" = $((IDLE + 300)) ] || die "max_connections not applied"
 
 DIRECT_URL="postgresql://tw_dev_owner@127.0.0.1:$PG_PORT/app_dev?sslmode=disable"

@@ -37,6 +37,8 @@ die() {
     log "FAILED: $*"
     exit 1
 }
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 for tool in pgbench psql python3 curl tar; do
     command -v "$tool" >/dev/null || die "$tool not found"
 done
@@ -50,14 +52,7 @@ cleanup() {
     set +e
     trap - EXIT INT TERM
     for pid in "${PIDS[@]}"; do
-        kill -0 "$pid" 2>/dev/null || continue
-        kill -TERM "$pid" 2>/dev/null
-        for _ in $(seq 1 300); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-        wait "$pid" 2>/dev/null
+        stop_pid "$pid"
     done
     if [ "${BENCH_KEEP:-0}" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
     exit "$rc"
@@ -92,36 +87,11 @@ cp "$WORK/off-target/release/tierwarden" "$OFF_BIN"
 rm -rf "$WORK/off-target" "$WORK/off"
 
 # Nine consecutive free ports: quickstart base..base+4, ON and OFF 5..8.
-BASE=$(python3 - <<'EOF'
-import random, socket
-for _ in range(200):
-    base = random.randint(20000, 40000)
-    socks = []
-    try:
-        for p in range(base, base + 9):
-            s = socket.socket()
-            socks.append(s)
-            s.bind(("127.0.0.1", p))
-    except OSError:
-        continue
-    finally:
-        for s in socks:
-            s.close()
-    print(base)
-    break
-EOF
-)
+BASE=$(free_port_base 9)
 [ -n "$BASE" ] || die "no free port range"
 
-log "quickstart (cluster) on $BASE..$((BASE + 4))"
-"$ON_BIN" quickstart --dir "$QS" --port-base "$BASE" >"$WORK/quickstart.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 1 1800); do
-    [ -f "$QS/quickstart.json" ] && break
-    kill -0 "${PIDS[0]}" 2>/dev/null || die "quickstart exited: $(tail -5 "$WORK/quickstart.log")"
-    sleep 0.1
-done
-[ -f "$QS/quickstart.json" ] || die "quickstart not ready"
+start_quickstart "$ON_BIN" "$QS" "$BASE" "$WORK/quickstart.log"
+PIDS+=("$TW_PID")
 jqp() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print($1)" "$2"; }
 PG_PORT=$(jqp 'd["pg_port"]' "$QS/state.json")
 OWNER_PW=$(cat "$QS/secrets/tw_dev_owner.password")

@@ -34,6 +34,8 @@ die() {
     log "FAILED: $*"
     exit 1
 }
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 
 for tool in psql python3; do
     command -v "$tool" >/dev/null || die "$tool not found (apt-get install -y postgresql-client python3)"
@@ -52,34 +54,12 @@ QS=$WORK/qs
 LOGFILE=$WORK/tierwarden.log
 TW_PID=""
 
-stop_pid() {
-    local pid=$1
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null
-    for _ in $(seq 1 300); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        log "PID $pid did not stop in 30 s: SIGKILL"
-        kill -KILL "$pid" 2>/dev/null
-    fi
-    wait "$pid" 2>/dev/null || true
-}
 cleanup() {
     local rc=$?
     set +e
     trap - EXIT INT TERM
     [ -n "$TW_PID" ] && stop_pid "$TW_PID"
-    local pidfile=$QS/pgdata/data/postmaster.pid
-    if [ -f "$pidfile" ]; then
-        local pid
-        pid=$(head -1 "$pidfile")
-        if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-            log "stopping the leftover postmaster $pid"
-            stop_pid "$pid"
-        fi
-    fi
+    stop_leftover_postmaster "$QS"
     if [ "${SOAK_KEEP:-0}" = 1 ]; then
         log "kept $WORK"
     else
@@ -90,40 +70,10 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-BASE=$(python3 - <<'EOF'
-import random, socket
-for _ in range(200):
-    base = random.randint(20000, 40000)
-    socks = []
-    try:
-        for p in range(base, base + 5):
-            s = socket.socket()
-            socks.append(s)
-            s.bind(("127.0.0.1", p))
-    except OSError:
-        continue
-    finally:
-        for s in socks:
-            s.close()
-    print(base)
-    break
-EOF
-)
+BASE=$(free_port_base 5)
 [ -n "$BASE" ] || die "no free port range"
 
-start_quickstart() {
-    log "starting tierwarden quickstart on ports $BASE..$((BASE + 4)) in $QS"
-    rm -f "$QS/quickstart.json"
-    "$BIN" quickstart --dir "$QS" --port-base "$BASE" >>"$LOGFILE" 2>&1 &
-    TW_PID=$!
-    for _ in $(seq 1 1800); do
-        [ -f "$QS/quickstart.json" ] && return 0
-        kill -0 "$TW_PID" 2>/dev/null || die "quickstart exited: $(tail -5 "$LOGFILE")"
-        sleep 0.1
-    done
-    die "quickstart not ready after 180 s"
-}
-start_quickstart
+start_quickstart "$BIN" "$QS" "$BASE" "$LOGFILE"
 
 PG_PORT=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pg_port"])' "$QS/state.json")
 super_sql() {
@@ -134,7 +84,7 @@ MAXCONN=$((SESSIONS + 200))
 log "cluster on port $PG_PORT: max_connections=$MAXCONN; restarting the quickstart"
 super_sql "ALTER SYSTEM SET max_connections = $MAXCONN" >/dev/null
 stop_pid "$TW_PID"
-start_quickstart
+start_quickstart "$BIN" "$QS" "$BASE" "$LOGFILE"
 [ "$(super_sql 'SHOW max_connections')" = "$MAXCONN" ] || die "max_connections not applied"
 
 log "load: $SESSIONS sessions, $WARMUP s warm-up + $SECONDS_RUN s measured (think $THINK ms), proxy PID $TW_PID"

@@ -1,0 +1,72 @@
+# shellcheck shell=bash
+# scripts/lib.sh — shell helpers shared by bench.sh, bench_metrics.sh and
+# soak.sh (sourced, not run). The sourcing script defines log() and die()
+# first.
+
+# stop_pid PID: SIGTERM, up to 30 s, then SIGKILL; reaps it if it is our child.
+stop_pid() {
+    local pid=$1
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null
+    for _ in $(seq 1 300); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "PID $pid did not stop in 30 s: SIGKILL"
+        kill -KILL "$pid" 2>/dev/null
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+# stop_leftover_postmaster QSDIR: the quickstart stops its cluster on
+# SIGTERM; if it could not, stop the postmaster named in postmaster.pid.
+stop_leftover_postmaster() {
+    local pidfile=$1/pgdata/data/postmaster.pid pid
+    [ -f "$pidfile" ] || return 0
+    pid=$(head -1 "$pidfile")
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+        log "stopping the leftover postmaster $pid"
+        stop_pid "$pid"
+    fi
+}
+
+# free_port_base N: print a port P such that P..P+N-1 are free on 127.0.0.1
+# (empty output when no such range was found).
+free_port_base() {
+    python3 - "$1" <<'PYEOF'
+import random, socket, sys
+n = int(sys.argv[1])
+for _ in range(200):
+    base = random.randint(20000, 40000)
+    socks = []
+    try:
+        for p in range(base, base + n):
+            s = socket.socket()
+            socks.append(s)
+            s.bind(("127.0.0.1", p))
+    except OSError:
+        continue
+    finally:
+        for s in socks:
+            s.close()
+    print(base)
+    break
+PYEOF
+}
+
+# start_quickstart BIN QSDIR BASE LOGFILE: start `BIN quickstart` in the
+# background (its PID in TW_PID) and wait until it is ready (180 s).
+start_quickstart() {
+    local bin=$1 qs=$2 base=$3 logfile=$4
+    log "starting tierwarden quickstart on ports $base..$((base + 4)) in $qs"
+    rm -f "$qs/quickstart.json"
+    "$bin" quickstart --dir "$qs" --port-base "$base" >>"$logfile" 2>&1 &
+    TW_PID=$!
+    for _ in $(seq 1 1800); do
+        [ -f "$qs/quickstart.json" ] && return 0
+        kill -0 "$TW_PID" 2>/dev/null || die "quickstart exited: $(tail -5 "$logfile")"
+        sleep 0.1
+    done
+    die "quickstart not ready after 180 s"
+}
