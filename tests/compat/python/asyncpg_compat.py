@@ -12,25 +12,11 @@ Environment: TW_HOST TW_PORT TW_USER TW_PASSWORD TW_DB TW_CA TW_TABLE.
 
 import asyncio
 import io
-import os
-import sys
 from urllib.parse import quote
 
 import asyncpg
 
-E = os.environ
-TABLE = E["TW_TABLE"]
-
-
-def fail(what):
-    print(f"FAIL {what}", flush=True)
-    sys.exit(1)
-
-
-def check(cond, what):
-    if not cond:
-        fail(what)
-    print(f"ok {what}", flush=True)
+from compat_common import E, TABLE, check, fail
 
 
 async def connect():

@@ -10,27 +10,13 @@ non-zero on the first failure.
 Environment: TW_HOST TW_PORT TW_USER TW_PASSWORD TW_DB TW_CA TW_TABLE.
 """
 
-import os
-import sys
 import threading
 import time
 
 import psycopg
 from psycopg import errors, sql
 
-E = os.environ
-TABLE = E["TW_TABLE"]
-
-
-def fail(what):
-    print(f"FAIL {what}", flush=True)
-    sys.exit(1)
-
-
-def check(cond, what):
-    if not cond:
-        fail(what)
-    print(f"ok {what}", flush=True)
+from compat_common import E, TABLE, check, fail
 
 
 def connect():
