@@ -73,6 +73,29 @@ pub(crate) async fn prod_value(sql: &str) -> String {
     env_value("prod", sql).await
 }
 
+/// Nothing of a migration that failed midway in prod stayed (checked as
+/// superuser): its new table `table` (schema-qualified) is absent, the
+/// column query `cols` still reads `columns`, the ledger query `ledger`
+/// still reads `rows`.
+pub(crate) async fn nothing_applied_in_prod(
+    table: &str,
+    (cols, columns): (&str, &str),
+    (ledger, rows): (&str, &str),
+) {
+    let gone = format!("SELECT (to_regclass('{table}') IS NULL)::text");
+    assert_eq!(
+        prod_value(&gone).await,
+        "true",
+        "table of the failed migration"
+    );
+    assert_eq!(
+        prod_value(cols).await,
+        columns,
+        "column of the failed migration"
+    );
+    assert_eq!(prod_value(ledger).await, rows, "ledger unchanged");
+}
+
 #[tokio::test]
 async fn alembic_as_ci_migrator_in_prod() {
     let v = require(
@@ -143,18 +166,12 @@ async fn alembic_as_ci_migrator_in_prod() {
         err.contains("psycopg.errors.UniqueViolation"),
         "fails at the index:\n{err}"
     );
-    let gone = "SELECT (to_regclass('public.tw_alembic_broken') IS NULL)::text";
-    assert_eq!(
-        prod_value(gone).await,
-        "true",
-        "table of the failed migration"
-    );
-    assert_eq!(
-        prod_value(cols).await,
-        "email,id,name",
-        "column of the failed migration"
-    );
-    assert_eq!(prod_value(version).await, "0003");
+    nothing_applied_in_prod(
+        "public.tw_alembic_broken",
+        (cols, "email,id,name"),
+        (version, "0003"),
+    )
+    .await;
     assert_eq!(prod_migrations(&p, "failed").await, failed + 1.0);
     p.stop().await;
 }
@@ -220,18 +237,12 @@ async fn knex_as_ci_migrator_in_prod() {
     let (rc, out, err) = knex("prod", "broken").await;
     assert_eq!(rc, 3, "the migration must fail in prod:\n{out}\n{err}");
     assert!(out.contains("error 23505 "), "fails at the index:\n{out}");
-    let gone = "SELECT (to_regclass('public.tw_knex_broken') IS NULL)::text";
-    assert_eq!(
-        prod_value(gone).await,
-        "true",
-        "table of the failed migration"
-    );
-    assert_eq!(
-        prod_value(cols).await,
-        "email,id,name",
-        "column of the failed migration"
-    );
-    assert_eq!(prod_value(ledger).await, applied, "ledger unchanged");
+    nothing_applied_in_prod(
+        "public.tw_knex_broken",
+        (cols, "email,id,name"),
+        (ledger, &applied),
+    )
+    .await;
     let locked = "SELECT string_agg(is_locked::text, ',') FROM knex_migrations_lock";
     assert_eq!(prod_value(locked).await, "0", "knex's lock released");
     assert_eq!(prod_migrations(&p, "failed").await, failed + 1.0);

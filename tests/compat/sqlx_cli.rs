@@ -13,7 +13,9 @@
 
 use tierwarden::quickstart::layout::{upstream_user, UpstreamKind};
 
-use super::migrations::{env_exec, prod_denials, prod_exec, prod_migrations, prod_value};
+use super::migrations::{
+    env_exec, nothing_applied_in_prod, prod_denials, prod_exec, prod_migrations, prod_value,
+};
 use super::sqlx_migrate::failed_becomes;
 use super::support::{start_proxy, world, Proxy};
 use super::{exec, require, COMPAT};
@@ -128,18 +130,12 @@ async fn sqlx_migrate_run_cli_as_ci_migrator_in_prod() {
         out.contains("could not create unique index \"tw_cli_items_name_uq\""),
         "{out}"
     );
-    let gone = "SELECT (to_regclass('tw_cli.tw_cli_broken') IS NULL)::text";
-    assert_eq!(prod_value(gone).await, "true", "table of the failed step");
-    assert_eq!(
-        prod_value(cols).await,
-        "id,name,sku",
-        "column of the failed step"
-    );
-    assert_eq!(
-        prod_value(ledger).await,
-        "1:true,2:true,3:true",
-        "no ledger row"
-    );
+    nothing_applied_in_prod(
+        "tw_cli.tw_cli_broken",
+        (cols, "id,name,sku"),
+        (ledger, "1:true,2:true,3:true"),
+    )
+    .await;
     failed_becomes(&p, failed + 1.0).await;
     p.stop().await;
 }

@@ -22,7 +22,10 @@ use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnection, PgPoolOptions};
 use sqlx::{Connection, Executor};
 
-use super::migrations::{env_value, metric, prod_denials, prod_exec, prod_migrations, prod_value};
+use super::migrations::{
+    env_value, metric, nothing_applied_in_prod, prod_denials, prod_exec, prod_migrations,
+    prod_value,
+};
 use super::sqlx_client::{sqlstate, sqlx_options};
 use super::support::{start_proxy, Proxy};
 use super::COMPAT;
@@ -119,13 +122,23 @@ async fn sqlx_migrate_as_ci_migrator_in_prod() {
     let failed = prod_migrations(&p, "failed").await;
     let (version, code, msg) = failed_at(migrate(&p, "prod", broken.path()).await);
     assert_eq!((version, code.as_str()), (5, "23505"), "{msg}");
-    nothing_of_broken_applied(cols, ledger).await;
+    nothing_applied_in_prod(
+        "public.tw_sqlx_broken",
+        (cols, "email,id,name"),
+        (ledger, "1:true,2:true,3:true"),
+    )
+    .await;
     failed_becomes(&p, failed + 1.0).await;
     // as an application embedding its migrations does, with a pool that
     // then goes on serving: counted as a failed migration
     let (version, code, msg) = failed_at(migrate_pooled(&p, "prod", broken.path()).await);
     assert_eq!((version, code.as_str()), (5, "23505"), "{msg}");
-    nothing_of_broken_applied(cols, ledger).await;
+    nothing_applied_in_prod(
+        "public.tw_sqlx_broken",
+        (cols, "email,id,name"),
+        (ledger, "1:true,2:true,3:true"),
+    )
+    .await;
     failed_becomes(&p, failed + 2.0).await;
     p.stop().await;
 }
@@ -142,23 +155,6 @@ pub(crate) async fn failed_becomes(p: &Proxy, n: f64) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("failed migrations in prod: {seen}, expected {n}");
-}
-
-/// Nothing of the failed `broken/` step is left in prod: its table, its
-/// column, its ledger row (checked as superuser).
-async fn nothing_of_broken_applied(cols: &str, ledger: &str) {
-    let gone = "SELECT (to_regclass('public.tw_sqlx_broken') IS NULL)::text";
-    assert_eq!(prod_value(gone).await, "true", "table of the failed step");
-    assert_eq!(
-        prod_value(cols).await,
-        "email,id,name",
-        "column of the failed step"
-    );
-    assert_eq!(
-        prod_value(ledger).await,
-        "1:true,2:true,3:true",
-        "no ledger row"
-    );
 }
 
 /// Like [`migrate`], through a one-connection pool, as
