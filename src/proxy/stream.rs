@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 
 /// Client-side stream (the proxy is the TLS server).
 pub type ClientStream = MaybeTls<tokio_rustls::server::TlsStream<TcpStream>>;
@@ -87,20 +88,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for MaybeTls<T> {
 /// The reading side of a borrowed [`MaybeTls`]: plain TCP halves share the
 /// socket without a lock; TLS halves share the TLS state through tokio's
 /// split.
-pub enum ReadPart<'a, T> {
-    /// Plain TCP.
-    Plain(tokio::net::tcp::ReadHalf<'a>),
-    /// TLS.
-    Tls(tokio::io::ReadHalf<&'a mut T>),
-}
+pub type ReadPart<'a, T> = Either<tokio::net::tcp::ReadHalf<'a>, tokio::io::ReadHalf<&'a mut T>>;
 
 /// The writing side of a borrowed [`MaybeTls`].
-pub enum WritePart<'a, T> {
-    /// Plain TCP.
-    Plain(tokio::net::tcp::WriteHalf<'a>),
-    /// TLS.
-    Tls(tokio::io::WriteHalf<&'a mut T>),
-}
+pub type WritePart<'a, T> = Either<tokio::net::tcp::WriteHalf<'a>, tokio::io::WriteHalf<&'a mut T>>;
 
 /// Client-side halves.
 pub type ClientReader<'a> = ReadPart<'a, tokio_rustls::server::TlsStream<TcpStream>>;
@@ -118,50 +109,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> MaybeTls<T> {
         match self {
             MaybeTls::Plain(s) => {
                 let (r, w) = s.split();
-                (ReadPart::Plain(r), WritePart::Plain(w))
+                (Either::Left(r), Either::Left(w))
             }
             MaybeTls::Tls(s) => {
                 let (r, w) = tokio::io::split(s.as_mut());
-                (ReadPart::Tls(r), WritePart::Tls(w))
+                (Either::Right(r), Either::Right(w))
             }
-        }
-    }
-}
-
-impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for ReadPart<'_, T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ReadPart::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ReadPart::Tls(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WritePart<'_, T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            WritePart::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            WritePart::Tls(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WritePart::Plain(s) => Pin::new(s).poll_flush(cx),
-            WritePart::Tls(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WritePart::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            WritePart::Tls(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
