@@ -11,6 +11,7 @@
 //! Needs `sqlx` on PATH: `cargo install sqlx-cli@0.8.6 --locked
 //! --no-default-features --features postgres,rustls` (`.ci/run` does it).
 
+use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use tierwarden::quickstart::layout::{upstream_user, UpstreamKind};
 
 use super::migrations::{
@@ -26,14 +27,7 @@ pub const SQLX_CLI: &str =
 
 /// Percent-encode a URL component.
 fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    utf8_percent_encode(s, NON_ALPHANUMERIC).to_string()
 }
 
 /// The URL `sqlx` gets: ci_migrator in `env`, verify-full, schema tw_cli.
