@@ -7,8 +7,12 @@
 //! between the first and last quarter of the run.
 //! `TIERWARDEN_SOAK_SESSIONS` / `TIERWARDEN_SOAK_SECONDS` change the size.
 
+// load.rs and support/ both include support/tls.rs (load.rs is also
+// built alone by examples/soak.rs).
+#[allow(clippy::duplicate_mod)]
 #[path = "support/load.rs"]
 mod load;
+#[allow(clippy::duplicate_mod)]
 mod support;
 
 use std::time::Duration;

@@ -9,7 +9,10 @@
 //! run. Loopback only; every loop is bounded by the run's deadline.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+#[path = "tls.rs"]
+mod tls;
+
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -227,19 +230,6 @@ pub fn sample(pid: Option<u32>) -> (u64, u64) {
     (rss, fds)
 }
 
-fn tls_connector(ca: &Path) -> tokio_postgres_rustls::MakeRustlsConnect {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in tierwarden::auth::tls::load_certs(ca).expect("CA loads") {
-        roots.add(c).expect("CA added");
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(tierwarden::auth::tls::provider())
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tokio_postgres_rustls::MakeRustlsConnect::new(cfg)
-}
-
 async fn connect(
     t: &Target,
     tls: &tokio_postgres_rustls::MakeRustlsConnect,
@@ -316,7 +306,7 @@ async fn session(
 /// `targets`, run them for `cfg.duration`, sample resources every second.
 pub async fn run(targets: &[Target], cfg: &LoadConfig) -> Report {
     assert!(!targets.is_empty(), "no role/environment pair to load");
-    let tls = tls_connector(&cfg.ca);
+    let tls = tls::connector_trusting(&cfg.ca);
     let n = Arc::new(Counters::default());
     // Ramp up: every session connects before the measured run starts.
     let slots = Arc::new(tokio::sync::Semaphore::new(cfg.ramp_parallel.max(1)));

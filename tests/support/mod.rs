@@ -8,6 +8,8 @@
 //! test process exits, whatever the outcome.
 #![allow(dead_code)]
 
+mod tls;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -353,17 +355,7 @@ pub async fn ended_with(conn: Watched, secs: u64) -> tokio_postgres::Error {
 
 /// A rustls connector trusting the quickstart CA.
 pub fn tls_connector() -> tokio_postgres_rustls::MakeRustlsConnect {
-    let w = world();
-    let mut roots = rustls::RootCertStore::empty();
-    for c in tierwarden::auth::tls::load_certs(&w.ca).expect("ca loads") {
-        roots.add(c).expect("ca added");
-    }
-    let cfg = rustls::ClientConfig::builder_with_provider(tierwarden::auth::tls::provider())
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tokio_postgres_rustls::MakeRustlsConnect::new(cfg)
+    tls::connector_trusting(&world().ca)
 }
 
 /// Whether an error is a tierwarden policy denial.
