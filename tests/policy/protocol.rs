@@ -14,15 +14,9 @@ async fn pipelined_extended_denial_fails_the_transaction() {
     as_owner("dev", "CREATE TABLE tw_tx_ext (id int)").await;
     let mut r = raw_login(&p, "app_runtime", "dev").await;
     assert_eq!(status(&r.query("BEGIN").await), 'T');
-    r.push(&parse("", "INSERT INTO tw_tx_ext VALUES (1)"))
-        .push(&bind("", ""))
-        .push(&execute(""))
-        .push(&parse("", "SELECT pg_reload_conf()"))
-        .push(&bind("", ""))
-        .push(&execute(""))
-        .push(&parse("", "INSERT INTO tw_tx_ext VALUES (2)"))
-        .push(&bind("", ""))
-        .push(&execute(""))
+    r.push_unnamed("INSERT INTO tw_tx_ext VALUES (1)")
+        .push_unnamed("SELECT pg_reload_conf()")
+        .push_unnamed("INSERT INTO tw_tx_ext VALUES (2)")
         .push(&sync());
     r.send().await;
     let m = r.until_ready().await;
@@ -42,12 +36,8 @@ async fn pipelined_extended_denial_fails_the_transaction() {
     // ro: a read then a write in one pipeline inside a transaction
     let mut a = raw_login(&p, "auditor", "dev").await;
     assert_eq!(status(&a.query("BEGIN").await), 'T');
-    a.push(&parse("", "SELECT count(*) FROM accounts"))
-        .push(&bind("", ""))
-        .push(&execute(""))
-        .push(&parse("", "DELETE FROM accounts"))
-        .push(&bind("", ""))
-        .push(&execute(""))
+    a.push_unnamed("SELECT count(*) FROM accounts")
+        .push_unnamed("DELETE FROM accounts")
         .push(&sync());
     a.send().await;
     let m = a.until_ready().await;

@@ -132,6 +132,14 @@ impl Raw {
         self
     }
 
+    /// Queue Parse, Bind and Execute of `sql` on the unnamed statement and
+    /// portal.
+    pub fn push_unnamed(&mut self, sql: &str) -> &mut Self {
+        self.push(&parse("", sql))
+            .push(&bind("", ""))
+            .push(&execute(""))
+    }
+
     /// Send everything queued.
     pub async fn send(&mut self) {
         self.flush().await;
