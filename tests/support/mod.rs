@@ -265,13 +265,8 @@ impl Proxy {
         tokio::spawn(conn);
         Ok(c)
     }
-    /// Connect with TLS and an explicit password (or token).
-    pub async fn connect_tls(
-        &self,
-        role: &str,
-        env: &str,
-        password: &str,
-    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    /// Client settings for `role@env` with `password` (TLS mode not set).
+    fn client_config(&self, role: &str, env: &str, password: &str) -> tokio_postgres::Config {
         let w = world();
         let mut cfg = tokio_postgres::Config::new();
         cfg.host("127.0.0.1")
@@ -279,8 +274,18 @@ impl Proxy {
             .user(w.user(role))
             .password(password)
             .dbname(w.database(env))
-            .ssl_mode(tokio_postgres::config::SslMode::Require)
             .connect_timeout(std::time::Duration::from_secs(10));
+        cfg
+    }
+    /// Connect with TLS and an explicit password (or token).
+    pub async fn connect_tls(
+        &self,
+        role: &str,
+        env: &str,
+        password: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let mut cfg = self.client_config(role, env, password);
+        cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
         let (c, conn) = cfg.connect(tls_connector()).await?;
         tokio::spawn(conn);
         Ok(c)
@@ -294,14 +299,7 @@ impl Proxy {
         env: &str,
         password: &str,
     ) -> Result<(tokio_postgres::Client, Watched), tokio_postgres::Error> {
-        let w = world();
-        let mut cfg = tokio_postgres::Config::new();
-        cfg.host("127.0.0.1")
-            .port(self.addrs[env].port())
-            .user(w.user(role))
-            .password(password)
-            .dbname(w.database(env))
-            .connect_timeout(std::time::Duration::from_secs(10));
+        let mut cfg = self.client_config(role, env, password);
         if env == "prod" {
             cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
             let (c, conn) = cfg.connect(tls_connector()).await?;
