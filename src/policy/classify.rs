@@ -10,8 +10,7 @@
 //! parser guards its own stack depth; the Rust-side walk is bounded by prost's
 //! decode limit, so pathological input cannot overflow the stack.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
@@ -32,13 +31,6 @@ const CACHE_ENTRIES_PER_SHARD: usize = 512;
 /// Texts longer than this are classified but not cached (bounds cache memory to
 /// about 4096 × 8 KiB).
 const CACHE_MAX_TEXT: usize = 8 * 1024;
-
-/// The cache shard of a key.
-fn shard_of(key: &str) -> usize {
-    let mut hasher = DefaultHasher::new();
-    key.hash(&mut hasher);
-    (hasher.finish() as usize) % CACHE_SHARDS
-}
 
 /// A cache shard, even if a panic elsewhere poisoned its lock.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -64,6 +56,8 @@ pub struct Classifier {
     cache: Vec<Mutex<LruCache<String, Arc<Classified>>>>,
     /// Results shared by texts that differ only in literals (see `shape`).
     shapes: Vec<Mutex<LruCache<String, Arc<Classified>>>>,
+    /// Picks a key's shard (the caches' own fast, seeded hasher).
+    shard_hasher: lru::DefaultHasher,
 }
 
 impl std::fmt::Debug for Classifier {
@@ -101,7 +95,13 @@ impl Classifier {
             shapes: (0..CACHE_SHARDS)
                 .map(|_| Mutex::new(LruCache::new(per_shard)))
                 .collect(),
+            shard_hasher: lru::DefaultHasher::default(),
         }
+    }
+
+    /// The cache shard of a key.
+    fn shard_of(&self, key: &str) -> usize {
+        (self.shard_hasher.hash_one(key) as usize) % CACHE_SHARDS
     }
 
     /// Classify every statement of `sql` (cached by exact text, or by
@@ -110,7 +110,7 @@ impl Classifier {
         if sql.len() > CACHE_MAX_TEXT {
             return Arc::new(self.classify_uncached(sql));
         }
-        let shard = &self.cache[shard_of(sql)];
+        let shard = &self.cache[self.shard_of(sql)];
         if let Some(hit) = lock(shard).get(sql) {
             return Arc::clone(hit);
         }
@@ -136,7 +136,7 @@ impl Classifier {
         let Some((key, varies)) = key else {
             return (Arc::new(self.classify_uncached(sql)), false);
         };
-        let shard = &self.shapes[shard_of(&key)];
+        let shard = &self.shapes[self.shard_of(&key)];
         if let Some(hit) = lock(shard).get(&key) {
             return (Arc::clone(hit), varies);
         }

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::admission::Admitted;
 use super::gatekeeper::{self, TxView};
+use super::names::Names;
 use super::observe_hooks::Observer;
 use super::relay::{injected_bind, injected_query, RelayEnd, RESERVED_NAME};
 use super::stream::ClientReader;
@@ -56,11 +57,11 @@ pub struct Inbound<'a> {
     shared: &'a Shared,
     observer: &'a Observer<'a>,
     /// Protocol-level prepared statements by name (None: denied).
-    parsed: HashMap<Vec<u8>, Option<Known>>,
+    parsed: Names<Option<Known>>,
     /// SQL-level PREPARE names.
     sql_prepared: HashMap<String, Known>,
     /// Portals by name.
-    portals: HashMap<Vec<u8>, Known>,
+    portals: Names<Known>,
     kill: Option<(CancellationToken, Arc<Mutex<Option<String>>>)>,
     /// Promotion gate, for migration sessions where a control database is configured.
     gate: Option<Arc<Gate>>,
@@ -85,9 +86,9 @@ impl<'a> Inbound<'a> {
             rt,
             shared,
             observer,
-            parsed: HashMap::new(),
+            parsed: Names::default(),
             sql_prepared: HashMap::new(),
-            portals: HashMap::new(),
+            portals: Names::default(),
             kill: None,
             gate: env
                 .gate
@@ -207,13 +208,13 @@ impl<'a> Inbound<'a> {
             b'P' => {
                 let (name, text) = messages::parse_msg(f.body()).map_err(bad)?;
                 if !t.skipping() {
-                    self.parse(&f, name.to_vec(), text, out, &mut t);
+                    self.parse(&f, name, text, out, &mut t);
                 }
             }
             b'B' => {
                 let (portal, name) = messages::bind_msg(f.body()).map_err(bad)?;
                 if !t.skipping() {
-                    self.bind(&f, portal.to_vec(), name, out, &mut t);
+                    self.bind(&f, portal, name, out, &mut t);
                 }
             }
             b'E' => {
@@ -493,14 +494,7 @@ impl<'a> Inbound<'a> {
         }
     }
 
-    fn parse(
-        &mut self,
-        f: &Frame,
-        name: Vec<u8>,
-        text: &[u8],
-        out: &mut BytesMut,
-        t: &mut Tracker,
-    ) {
+    fn parse(&mut self, f: &Frame, name: &[u8], text: &[u8], out: &mut BytesMut, t: &mut Tracker) {
         let k = if name.starts_with(RESERVED_NAME) {
             let mut k = self.classify(b"");
             k.stmts = Arc::new(vec![unknown_statement("reserved statement name".into())].into());
@@ -522,14 +516,7 @@ impl<'a> Inbound<'a> {
         out.extend_from_slice(&f.bytes);
     }
 
-    fn bind(
-        &mut self,
-        f: &Frame,
-        portal: Vec<u8>,
-        name: &[u8],
-        out: &mut BytesMut,
-        t: &mut Tracker,
-    ) {
+    fn bind(&mut self, f: &Frame, portal: &[u8], name: &[u8], out: &mut BytesMut, t: &mut Tracker) {
         let known = match self.parsed.get(name) {
             Some(Some(k)) => Some(k.clone()),
             Some(None) => None,

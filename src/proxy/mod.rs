@@ -11,6 +11,7 @@ pub mod client_auth;
 pub mod gatekeeper;
 pub mod inbound;
 pub mod listener;
+pub mod names;
 pub mod observe_hooks;
 pub mod pool;
 pub mod relay;
