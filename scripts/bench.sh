@@ -13,14 +13,18 @@
 #      of the same cluster
 #   5. pgbench select-only (-S) and TPC-B-like, -M simple and extended,
 #      -c 1/8/32, each case against direct PostgreSQL, PgBouncer and
-#      tierwarden (env dev, role app_runtime, no TLS) back to back; one case
-#      through tierwarden prod (TLS verify-full, every statement audited);
+#      tierwarden (env dev, role app_runtime, no TLS) back to back, in
+#      BENCH_ROUNDS rounds whose target order rotates (a shared machine's
+#      noise swings one run by ±15%: the report takes each target's median
+#      run, and shows the spread of the per-round ratios); one case through
+#      tierwarden prod (TLS verify-full, every statement audited);
 #      connection setup (pgbench -C -S); RSS with N idle sessions
 #      (scripts/idle_clients.py) for tierwarden and PgBouncer
 #   6. a markdown report on stdout (progress goes to stderr)
 # Everything it starts is stopped by PID on exit (trap EXIT).
 #
-# Knobs (environment): BENCH_SECONDS (10) per pgbench run, BENCH_SCALE (10),
+# Knobs (environment): BENCH_SECONDS (5) per pgbench run, BENCH_ROUNDS (3),
+# BENCH_SCALE (10),
 # BENCH_CLIENTS ("1 8 32"), BENCH_IDLE (1000), BENCH_PROD_TLS (1),
 # BENCH_OUT (also write the report to this file), BENCH_LOGDIR
 # (target/bench-logs: pgbench and server logs of the last run),
@@ -28,7 +32,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-T=${BENCH_SECONDS:-10}
+T=${BENCH_SECONDS:-5}
+ROUNDS=${BENCH_ROUNDS:-3}
 SCALE=${BENCH_SCALE:-10}
 read -r -a CLIENTS <<<"${BENCH_CLIENTS:-1 8 32}"
 IDLE=${BENCH_IDLE:-1000}
@@ -191,13 +196,14 @@ cpu_ticks() {
     fi
 }
 
-# run_pgbench KEY TARGET URL PASSWORD PROXY_PID pgbench-args... — one result
-# line; PROXY_PID (may be empty) is the process whose CPU time is counted.
+# run_pgbench KEY TARGET URL PASSWORD PROXY_PID ROUND pgbench-args... — one
+# result line; PROXY_PID (may be empty) is the process whose CPU time is
+# counted.
 run_pgbench() {
-    local key=$1 target=$2 url=$3 pw=$4 ppid=$5
-    shift 5
+    local key=$1 target=$2 url=$3 pw=$4 ppid=$5 round=$6
+    shift 6
     local name
-    name=$(printf '%s_%s' "$key" "$target" | tr ' /' '__')
+    name=$(printf '%s_%s_%s' "$key" "$target" "$round" | tr ' /' '__')
     local out="$LOGDIR/$name.log" rc=0 status=ok cpu0 cpu1
     cpu0=$(cpu_ticks "$ppid")
     PGPASSWORD=$pw timeout -k 5 $((T + 60)) pgbench -n -T "$T" "$@" "$url" >"$out" 2>&1 || rc=$?
@@ -217,9 +223,9 @@ run_pgbench() {
         status=FAIL
     fi
     [ "$status" = ok ] || log "$key $target: $status (exit $rc), see $out"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$key" "$target" "${tps:--}" "${lat:--}" "${conn:--}" \
-        "$status" "$cpu_us" >>"$RESULTS"
-    log "$key $target: tps=${tps:--} lat=${lat:--}ms cpu=${cpu_us}us/tx $status"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$key" "$target" "${tps:--}" "${lat:--}" "${conn:--}" \
+        "$status" "$cpu_us" "$round" >>"$RESULTS"
+    log "$key $target (round $round): tps=${tps:--} lat=${lat:--}ms cpu=${cpu_us}us/tx $status"
 }
 
 pgbench_reset() {
@@ -239,6 +245,18 @@ set_target() {
     esac
 }
 
+# rotated ROUND TARGET... — the targets, starting at position ROUND - 1, so
+# that no target always runs right after another (or first after a reset).
+rotated() {
+    local r=$1
+    shift
+    local n=$#
+    local -a t=("$@")
+    for i in $(seq 0 $((n - 1))); do
+        printf '%s\n' "${t[$(((r - 1 + i) % n))]}"
+    done
+}
+
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 log "warm-up (2 s, direct)"
 PGPASSWORD=$DEV_OWNER_PW pgbench -n -S -T 2 -c 2 -j 2 "$DIRECT_URL" >"$LOGDIR/warmup.log" 2>&1 || true
@@ -248,10 +266,13 @@ for workload in select-only tpcb-like; do
         for c in "${CLIENTS[@]}"; do
             j=$((c < NPROC ? c : NPROC))
             key="$workload $mode $c"
-            for target in direct pgbouncer tierwarden; do
-                set_target "$target"
-                [ "$workload" = tpcb-like ] && pgbench_reset
-                run_pgbench "$key" "$target" "$url" "$pw" "$ppid" -b "$workload" -M "$mode" -c "$c" -j "$j"
+            for round in $(seq 1 "$ROUNDS"); do
+                for target in $(rotated "$round" direct pgbouncer tierwarden); do
+                    set_target "$target"
+                    [ "$workload" = tpcb-like ] && pgbench_reset
+                    run_pgbench "$key" "$target" "$url" "$pw" "$ppid" "$round" \
+                        -b "$workload" -M "$mode" -c "$c" -j "$j"
+                done
             done
         done
     done
@@ -259,14 +280,19 @@ done
 
 if [ "$PROD_TLS" = 1 ]; then
     c=8
-    run_pgbench "select-only extended $c" tierwarden-prod-tls "$TW_PROD_URL" "$APP_PROD_PW" "$TW_PID" \
-        -b select-only -M extended -c "$c" -j "$((c < NPROC ? c : NPROC))"
+    for round in $(seq 1 "$ROUNDS"); do
+        run_pgbench "select-only extended $c" tierwarden-prod-tls "$TW_PROD_URL" "$APP_PROD_PW" "$TW_PID" \
+            "$round" -b select-only -M extended -c "$c" -j "$((c < NPROC ? c : NPROC))"
+    done
 fi
 
 CONN_C=4
-for target in direct pgbouncer tierwarden; do
-    set_target "$target"
-    run_pgbench "connect $CONN_C" "$target" "$url" "$pw" "$ppid" -C -S -M simple -c "$CONN_C" -j "$((CONN_C < NPROC ? CONN_C : NPROC))"
+for round in $(seq 1 "$ROUNDS"); do
+    for target in $(rotated "$round" direct pgbouncer tierwarden); do
+        set_target "$target"
+        run_pgbench "connect $CONN_C" "$target" "$url" "$pw" "$ppid" "$round" \
+            -C -S -M simple -c "$CONN_C" -j "$((CONN_C < NPROC ? CONN_C : NPROC))"
+    done
 done
 
 wait_backends_below() {
@@ -299,12 +325,13 @@ COUNTED=$(curl -s --max-time 5 "$ADMIN_URL/metrics" 2>/dev/null |
 ELAPSED=$(($(date +%s) - STARTED_AT))
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 export LOAD_BEFORE LOAD_AFTER
-export RESULTS T SCALE IDLE COMMIT NPROC ELAPSED COUNTED CONN_C
-export PG_VERSION=$("$PG_BINDIR/postgres" --version)
-export PGB_VERSION=$(pgbouncer --version | head -1)
-export PGBENCH_VERSION=$(pgbench --version)
-export CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
-export MEM_TOTAL=$(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
-export KERNEL=$(uname -r)
+export RESULTS T ROUNDS SCALE IDLE COMMIT NPROC ELAPSED COUNTED CONN_C
+PG_VERSION=$("$PG_BINDIR/postgres" --version)
+PGB_VERSION=$(pgbouncer --version | head -1)
+PGBENCH_VERSION=$(pgbench --version)
+CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
+MEM_TOTAL=$(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
+KERNEL=$(uname -r)
+export PG_VERSION PGB_VERSION PGBENCH_VERSION CPU_MODEL MEM_TOTAL KERNEL
 python3 "$ROOT/scripts/bench_report.py" | tee ${OUT:+"$OUT"}
 log "done in ${ELAPSED}s; logs in $LOGDIR"

@@ -2,8 +2,8 @@
 """Render scripts/bench.sh results as markdown (stdout).
 
 Input: $RESULTS, a TSV written by bench.sh with lines
-  "<workload> <mode> <clients>" TAB target TAB tps TAB latency_ms TAB conn_ms TAB status TAB cpu
-  "connect <clients>"          TAB target TAB tps TAB latency_ms TAB conn_ms TAB status TAB cpu
+  "<workload> <mode> <clients>" TAB target TAB tps TAB latency_ms TAB conn_ms TAB status TAB cpu TAB round
+  "connect <clients>"          TAB target TAB tps TAB latency_ms TAB conn_ms TAB status TAB cpu TAB round
   "idle <target>"              TAB exit code TAB JSON from idle_clients.py
 and the run's metadata in environment variables.
 """
@@ -11,9 +11,10 @@ and the run's metadata in environment variables.
 import datetime
 import json
 import os
+import statistics
 
 env = os.environ.get
-rows, idle = {}, {}
+runs, idle = {}, {}
 order = []
 with open(env("RESULTS")) as f:
     for line in f:
@@ -25,17 +26,48 @@ with open(env("RESULTS")) as f:
             except (IndexError, json.JSONDecodeError):
                 idle[target] = None
             continue
-        key, target, tps, lat, conn, status, cpu = parts
-        if key not in rows:
-            rows[key] = {}
+        key, target, tps, lat, conn, status, cpu, rnd = parts
+        if key not in runs:
+            runs[key] = {}
             order.append(key)
-        rows[key][target] = {
+        runs[key].setdefault(target, []).append({
             "tps": float(tps) if tps != "-" else None,
             "lat": float(lat) if lat != "-" else None,
             "conn": float(conn) if conn != "-" else None,
             "status": status,
             "cpu": int(cpu) if cpu != "-" else None,
-        }
+            "round": int(rnd),
+        })
+
+
+def median_run(rs):
+    """One row for a target's runs of a case: the median of each figure over
+    its runs; any failed run makes the row fail."""
+    bad = [r for r in rs if r["status"] != "ok" or r["tps"] is None]
+    if bad:
+        return {"status": f"{bad[0]['status']} ({len(bad)}/{len(rs)})", "tps": None,
+                "lat": None, "conn": None, "cpu": None, "by_round": {}}
+
+    def med(field):
+        xs = [r[field] for r in rs if r[field] is not None]
+        return statistics.median(xs) if xs else None
+    return {"status": "ok", "tps": med("tps"), "lat": med("lat"), "conn": med("conn"),
+            "cpu": med("cpu"), "by_round": {r["round"]: r["tps"] for r in rs}}
+
+
+rows = {key: {t: median_run(rs) for t, rs in targets.items()} for key, targets in runs.items()}
+
+
+def spread(a, b):
+    """min–max of the per-round TPS ratio a / b (runs of one round are
+    adjacent in time, so they saw the same machine)."""
+    if not a or not b or a["status"] != "ok" or b["status"] != "ok":
+        return "–"
+    rs = [a["by_round"][k] / b["by_round"][k] for k in a["by_round"]
+          if k in b["by_round"] and b["by_round"][k]]
+    if not rs:
+        return "–"
+    return f"{min(rs):.2f}–{max(rs):.2f}"
 
 
 def tps(r):
@@ -61,7 +93,7 @@ def ratio(a, b):
 def cpu(r):
     if r is None or r["status"] != "ok" or r["cpu"] is None:
         return "–"
-    return f"{r['cpu']}"
+    return f"{r['cpu']:.0f}"
 
 
 def added(a, b):
@@ -80,7 +112,9 @@ print(f"- machine: {env('NPROC')} CPUs ({env('CPU_MODEL')}), {env('MEM_TOTAL')} 
       "over 127.0.0.1")
 print(f"- {env('PG_VERSION')}; {env('PGB_VERSION')}; {env('PGBENCH_VERSION')}; "
       f"tierwarden {env('COMMIT')} (release build)")
-print(f"- pgbench scale {env('SCALE')}, {env('T')} s per run, `-n`, `-j` = min(clients, CPUs); "
+print(f"- pgbench scale {env('SCALE')}, {env('ROUNDS')} rounds of {env('T')} s per target and "
+      "case (target order rotated per round; each figure is the median of its runs), "
+      "`-n`, `-j` = min(clients, CPUs); "
       "PostgreSQL `synchronous_commit=off`; PgBouncer session mode; tierwarden env dev, "
       "role app_runtime (level rw), no TLS, policy + metrics + audit on")
 print(f"- run took {env('ELAPSED')} s; tierwarden counted {env('COUNTED')} statements "
@@ -91,8 +125,9 @@ print("TPS (higher is better), mean latency in ms, ratios of TPS.")
 print()
 print("| workload | protocol | clients | direct TPS | direct ms "
       "| PgBouncer TPS | PgBouncer ms | PgBouncer / direct "
-      "| tierwarden TPS | tierwarden ms | tierwarden / direct | tierwarden / PgBouncer |")
-print("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+      "| tierwarden TPS | tierwarden ms | tierwarden / direct | tierwarden / PgBouncer "
+      "| tierwarden / PgBouncer per round |")
+print("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
 prod = None
 cases = []
 for key in order:
@@ -108,7 +143,7 @@ for key in order:
     cases.append((workload, mode, clients, d, b, t))
     print(f"| {workload} | {mode} | {clients} | {tps(d)} | {ms(d)} "
           f"| {tps(b)} | {ms(b)} | {ratio(b, d)} "
-          f"| {tps(t)} | {ms(t)} | {ratio(t, d)} | {ratio(t, b)} |")
+          f"| {tps(t)} | {ms(t)} | {ratio(t, d)} | {ratio(t, b)} | {spread(t, b)} |")
 
 print()
 print("Cost of each proxy: mean latency added over direct (µs per transaction, "
