@@ -99,6 +99,13 @@ impl<'a> Inbound<'a> {
         }
     }
 
+    /// Whether this is a migration session the promotion gate checks
+    /// (only those need `refresh_gate`; asked first, so other sessions do
+    /// not build its future for every read).
+    pub fn gated(&self) -> bool {
+        self.gate.as_ref().is_some_and(|g| g.checks())
+    }
+
     /// Before a batch of client messages: when it holds ddl or a COMMIT of
     /// a gated migration session, read the predecessor's outcomes afresh.
     pub async fn refresh_gate(&mut self, buf: &BytesMut) {

@@ -117,18 +117,18 @@ impl<'a> Observer<'a> {
     }
 
     /// Record everything the tracker finished since the last call.
+    ///
+    /// Works under the tracker's lock (only this session's task ever takes
+    /// it, and nothing here takes it again) so that the tracker keeps its
+    /// buffer instead of allocating a new one for every batch.
     pub fn drain(&self, tracker: &Mutex<Tracker>) {
-        let (done, migs) = match tracker.lock() {
-            Ok(mut t) => (
-                std::mem::take(&mut t.completed),
-                std::mem::take(&mut t.migrations_ended),
-            ),
-            Err(_) => return,
+        let Ok(mut t) = tracker.lock() else {
+            return;
         };
-        for c in &done {
-            self.completed(c);
+        for c in t.completed.drain(..) {
+            self.completed(&c);
         }
-        for m in migs {
+        for m in t.migrations_ended.drain(..) {
             self.migration_ended(m);
         }
     }

@@ -174,7 +174,9 @@ async fn client_to_upstream(
             Ok(_) => {}
             Err(e) => return e,
         }
-        inbound.refresh_gate(&buf).await;
+        if inbound.gated() {
+            inbound.refresh_gate(&buf).await;
+        }
         loop {
             if passthrough > 0 {
                 let n = passthrough.min(buf.len());
