@@ -103,13 +103,18 @@ impl<'a> Inbound<'a> {
     /// (only those need `refresh_gate`; asked first, so other sessions do
     /// not build its future for every read).
     pub fn gated(&self) -> bool {
-        self.gate.as_ref().is_some_and(|g| g.checks())
+        self.checking_gate().is_some()
+    }
+
+    /// The promotion gate, when it checks this session.
+    fn checking_gate(&self) -> Option<&Arc<Gate>> {
+        self.gate.as_ref().filter(|g| g.checks())
     }
 
     /// Before a batch of client messages: when it holds ddl or a COMMIT of
     /// a gated migration session, read the predecessor's outcomes afresh.
     pub async fn refresh_gate(&mut self, buf: &BytesMut) {
-        let Some(g) = self.gate.clone().filter(|g| g.checks()) else {
+        let Some(g) = self.checking_gate().cloned() else {
             return;
         };
         let mut rest: &[u8] = buf;
