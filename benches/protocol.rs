@@ -3,13 +3,14 @@
 //! typical pgbench exchange.
 //!
 //! Run: `cargo bench --bench protocol`. Groups:
-//! - `frontend`: split a buffer of client messages into frames
-//!   (`frame::split_frame`) and decode the bodies the relay inspects
+//! - `frontend`: walk a buffer of client messages in place
+//!   (`frame::peek_header`, `outgoing::Msg`) and decode the bodies the relay inspects
 //!   (`messages::query_text`, `parse_msg`, `bind_msg`, `execute_msg`,
 //!   `target_msg`), for pgbench `-S` in `-M simple` and `-M extended`.
 //! - `backend`: the upstream → client scan the relay does per read
-//!   (`frame::peek_header`, split, tracker `on_backend` for inspected tags,
-//!   copy to the output buffer) on pgbench `-S` responses, plus
+//!   (`relay::scan_backend`: frame headers, tracker `on_backend` for
+//!   inspected tags, the plan of what to forward) on pgbench `-S`
+//!   responses, plus
 //!   `messages::error_fields` and `encode::error`.
 //! - `tracker`: `Tracker::simple` / `extended` / `sync` / `on_backend` for
 //!   one pgbench `-S` transaction (simple and extended) and one TPC-B-like
@@ -18,15 +19,17 @@
 //! The message bytes are what PostgreSQL 15 and pgbench 15 put on the wire.
 
 use std::hint::black_box;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tierwarden::policy::StatementClass;
 use tierwarden::protocol::encode::{self, Severity};
 use tierwarden::protocol::{frame, messages};
-use tierwarden::proxy::tracker::{Action, InFlight, Tracker};
+use tierwarden::proxy::outgoing::{Msg, Outgoing};
+use tierwarden::proxy::relay;
+use tierwarden::proxy::tracker::{InFlight, Tracker};
 
 /// Exchanges per benchmark iteration (a buffer holds this many).
 const BATCH: usize = 64;
@@ -149,12 +152,16 @@ fn bench_frontend(c: &mut Criterion) {
         let mut buf = BytesMut::with_capacity(64 * 1024);
         group.bench_function(name, |b| {
             b.iter(|| {
-                // Like a socket read into the relay's reused buffer.
+                // Like a socket read into the relay's reused buffer, looked
+                // at in place as the relay does.
                 buf.extend_from_slice(input);
-                let mut n = 0usize;
-                while let Ok(Some(f)) = frame::split_frame(&mut buf) {
-                    let body = f.body();
-                    n += match f.tag {
+                let (mut n, mut pos) = (0usize, 0usize);
+                while let Ok(Some((tag, total))) = frame::peek_header(&buf[pos..]) {
+                    if total > buf.len() - pos {
+                        break;
+                    }
+                    let body = Msg::new(tag, &buf, pos, pos + total).body();
+                    n += match tag {
                         b'Q' => messages::query_text(body).map_or(0, <[u8]>::len),
                         b'P' => messages::parse_msg(body).map_or(0, |(_, q)| q.len()),
                         b'B' => messages::bind_msg(body).map_or(0, |(p, _)| p.len()),
@@ -162,7 +169,9 @@ fn bench_frontend(c: &mut Criterion) {
                         b'C' | b'D' => messages::target_msg(body).map_or(0, |(k, _)| k as usize),
                         _ => 1,
                     };
+                    pos += total;
                 }
+                buf.advance(pos);
                 black_box(n)
             })
         });
@@ -179,29 +188,6 @@ fn bench_frontend(c: &mut Criterion) {
     group.finish();
 }
 
-/// The relay's upstream → client scan (mirrors `relay::scan_backend`):
-/// inspected tags go through the tracker, the rest is copied.
-fn scan_backend(buf: &mut BytesMut, out: &mut BytesMut, t: &mut Tracker) {
-    while let Ok(Some((tag, total))) = frame::peek_header(buf) {
-        let inspected = matches!(
-            tag,
-            b'Z' | b'E' | b'C' | b'I' | b's' | b'1' | b'2' | b'3' | b'n' | b'T'
-        );
-        if total > buf.len() {
-            break;
-        }
-        let f = buf.split_to(total);
-        if !inspected {
-            out.extend_from_slice(&f);
-            continue;
-        }
-        match t.on_backend(tag, &f[5..], Instant::now()) {
-            Action::Forward => out.extend_from_slice(&f),
-            Action::Replace(b) => out.extend_from_slice(&b),
-        }
-    }
-}
-
 fn bench_backend(c: &mut Criterion) {
     let text: Arc<str> = Arc::from(SELECT_EXTENDED);
     let mut group = c.benchmark_group("backend");
@@ -216,11 +202,12 @@ fn bench_backend(c: &mut Criterion) {
             "scan_select_simple"
         };
         group.throughput(Throughput::Bytes(input.len() as u64));
-        let mut t = Tracker::new(false);
-        let mut out = BytesMut::with_capacity(64 * 1024);
+        let tracker = Mutex::new(Tracker::new(false));
+        let mut out = Outgoing::with_capacity(64 * 1024);
         let mut buf = BytesMut::with_capacity(64 * 1024);
         group.bench_function(name, |b| {
             b.iter(|| {
+                let mut t = tracker.lock().expect("tracker");
                 for _ in 0..BATCH {
                     if extended {
                         for _ in 0..3 {
@@ -232,11 +219,16 @@ fn bench_backend(c: &mut Criterion) {
                         t.simple(vec![stmt(StatementClass::Read, &text)], None);
                     }
                 }
+                drop(t);
                 buf.extend_from_slice(&input);
+                let mut passthrough = 0;
+                let scan = relay::scan_backend(&buf, &mut out, &mut passthrough, &tracker)
+                    .expect("well-formed responses");
+                let n = out.pending(&buf).len();
                 out.clear();
-                scan_backend(&mut buf, &mut out, &mut t);
-                t.completed.clear();
-                black_box(out.len())
+                buf.advance(scan.consumed);
+                tracker.lock().expect("tracker").completed.clear();
+                black_box(n)
             })
         });
     }

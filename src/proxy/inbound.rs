@@ -18,6 +18,7 @@ use super::admission::Admitted;
 use super::gatekeeper::{self, TxView};
 use super::names::Names;
 use super::observe_hooks::Observer;
+use super::outgoing::{Msg, Outgoing};
 use super::relay::{injected_bind, injected_query, RelayEnd, RESERVED_NAME};
 use super::stream::ClientReader;
 use super::tracker::{InFlight, Tracker};
@@ -27,7 +28,6 @@ use crate::policy::{
 use crate::promotion::gate::{Gate, GateDecision};
 use crate::promotion::{statement_fingerprints, Snapshot};
 use crate::protocol::encode::{self, Severity};
-use crate::protocol::frame::Frame;
 use crate::protocol::{messages, sqlstate};
 use crate::shared::{EnvRuntime, Runtime, Shared};
 
@@ -203,8 +203,8 @@ impl<'a> Inbound<'a> {
     /// Handle one complete client message; `Ok(false)` after Terminate.
     pub fn handle(
         &mut self,
-        f: Frame,
-        out: &mut BytesMut,
+        m: &Msg<'_>,
+        out: &mut Outgoing,
         tracker: &Mutex<Tracker>,
     ) -> Result<bool, RelayEnd> {
         let mut t = match tracker.lock() {
@@ -212,51 +212,51 @@ impl<'a> Inbound<'a> {
             Err(p) => p.into_inner(),
         };
         let bad = |e: messages::Malformed| RelayEnd::Protocol(e.to_string());
-        match f.tag {
+        match m.tag {
             b'Q' => {
-                let text = messages::query_text(f.body()).map_err(bad)?;
-                self.query(&f, text, out, &mut t);
+                let text = messages::query_text(m.body()).map_err(bad)?;
+                self.query(m, text, out, &mut t);
             }
             b'P' => {
-                let (name, text) = messages::parse_msg(f.body()).map_err(bad)?;
+                let (name, text) = messages::parse_msg(m.body()).map_err(bad)?;
                 if !t.skipping() {
-                    self.parse(&f, name, text, out, &mut t);
+                    self.parse(m, name, text, out, &mut t);
                 }
             }
             b'B' => {
-                let (portal, name) = messages::bind_msg(f.body()).map_err(bad)?;
+                let (portal, name) = messages::bind_msg(m.body()).map_err(bad)?;
                 if !t.skipping() {
-                    self.bind(&f, portal, name, out, &mut t);
+                    self.bind(m, portal, name, out, &mut t);
                 }
             }
             b'E' => {
-                let portal = messages::execute_msg(f.body()).map_err(bad)?;
+                let portal = messages::execute_msg(m.body()).map_err(bad)?;
                 if !t.skipping() {
                     let known = self.portals.get(portal).cloned();
                     t.extended(known.map(|k| self.inflight(&k)));
-                    out.extend_from_slice(&f.bytes);
+                    out.forward_msg(m);
                 }
             }
             b'C' | b'D' => {
-                let (kind, name) = messages::target_msg(f.body()).map_err(bad)?;
+                let (kind, name) = messages::target_msg(m.body()).map_err(bad)?;
                 if !t.skipping() {
-                    if f.tag == b'C' {
+                    if m.tag == b'C' {
                         match kind {
                             b'S' => self.parsed.remove(name),
                             _ => self.portals.remove(name).map(|_| None),
                         };
                     }
                     t.extended(None);
-                    out.extend_from_slice(&f.bytes);
+                    out.forward_msg(m);
                 }
             }
             b'S' => {
                 t.sync();
-                out.extend_from_slice(&f.bytes);
+                out.forward_msg(m);
             }
             b'H' => {
                 if !t.skipping() {
-                    out.extend_from_slice(&f.bytes);
+                    out.forward_msg(m);
                 }
             }
             b'F' => {
@@ -274,12 +274,12 @@ impl<'a> Inbound<'a> {
                 self.observer
                     .denied(StatementClass::Privileged, &d, "<FunctionCall>");
                 t.simple(vec![], Some(denial_frame(&d)));
-                out.extend_from_slice(&injected_query());
+                out.replace(m, &injected_query());
             }
-            b'd' => out.extend_from_slice(&f.bytes),
+            b'd' => out.forward_msg(m),
             b'c' | b'f' => {
                 t.copy_end();
-                out.extend_from_slice(&f.bytes);
+                out.forward_msg(m);
             }
             b'X' => {
                 // Not forwarded: the relay decides whether the upstream
@@ -430,18 +430,18 @@ impl<'a> Inbound<'a> {
         }
     }
 
-    fn query(&mut self, f: &Frame, text: &[u8], out: &mut BytesMut, t: &mut Tracker) {
+    fn query(&mut self, m: &Msg<'_>, text: &[u8], out: &mut Outgoing, t: &mut Tracker) {
         let k = self.classify(text);
         if let Some(r) = self.judge(&k, true) {
             self.deny(r.class, &r.denial, &k.text, t);
             if r.rollback {
                 // A refused COMMIT ends the transaction rolled back.
                 t.simple_swap(denial_frame(&r.denial));
-                out.extend_from_slice(&encode::query("ROLLBACK"));
+                out.replace(m, &encode::query("ROLLBACK"));
                 self.tx = TxView::default();
             } else {
                 t.simple(vec![], Some(denial_frame(&r.denial)));
-                out.extend_from_slice(&injected_query());
+                out.replace(m, &injected_query());
             }
             return;
         }
@@ -465,7 +465,7 @@ impl<'a> Inbound<'a> {
             })
             .collect();
         t.simple(inflight, None);
-        out.extend_from_slice(&f.bytes);
+        out.forward_msg(m);
     }
 
     fn deny(&self, class: StatementClass, d: &Denial, text: &str, t: &mut Tracker) {
@@ -506,7 +506,14 @@ impl<'a> Inbound<'a> {
         }
     }
 
-    fn parse(&mut self, f: &Frame, name: &[u8], text: &[u8], out: &mut BytesMut, t: &mut Tracker) {
+    fn parse(
+        &mut self,
+        m: &Msg<'_>,
+        name: &[u8],
+        text: &[u8],
+        out: &mut Outgoing,
+        t: &mut Tracker,
+    ) {
         let k = if name.starts_with(RESERVED_NAME) {
             let mut k = self.classify(b"");
             k.stmts = Arc::new(vec![unknown_statement("reserved statement name".into())].into());
@@ -518,17 +525,24 @@ impl<'a> Inbound<'a> {
             self.deny(r.class, &r.denial, &k.text, t);
             self.parsed.insert(name, None);
             t.extended_denial(denial_frame(&r.denial));
-            out.extend_from_slice(&injected_bind());
+            out.replace(m, &injected_bind());
             return;
         }
         self.remember_sql_prepares(&k);
         self.tx.after(&k.stmts, k.fps.as_deref());
         self.parsed.insert(name, Some(k));
         t.extended(None);
-        out.extend_from_slice(&f.bytes);
+        out.forward_msg(m);
     }
 
-    fn bind(&mut self, f: &Frame, portal: &[u8], name: &[u8], out: &mut BytesMut, t: &mut Tracker) {
+    fn bind(
+        &mut self,
+        m: &Msg<'_>,
+        portal: &[u8],
+        name: &[u8],
+        out: &mut Outgoing,
+        t: &mut Tracker,
+    ) {
         let known = match self.parsed.get(name) {
             Some(Some(k)) => Some(k.clone()),
             Some(None) => None,
@@ -550,12 +564,12 @@ impl<'a> Inbound<'a> {
         if let Some(r) = self.judge(&known, false) {
             self.deny(r.class, &r.denial, &known.text, t);
             t.extended_denial(denial_frame(&r.denial));
-            out.extend_from_slice(&injected_bind());
+            out.replace(m, &injected_bind());
             return;
         }
         self.portals.insert(portal, known);
         t.extended(None);
-        out.extend_from_slice(&f.bytes);
+        out.forward_msg(m);
     }
 }
 

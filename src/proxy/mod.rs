@@ -13,6 +13,7 @@ pub mod inbound;
 pub mod listener;
 pub mod names;
 pub mod observe_hooks;
+pub mod outgoing;
 pub mod pool;
 pub mod relay;
 pub mod session;

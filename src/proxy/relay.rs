@@ -12,13 +12,14 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use super::admission::Admitted;
 use super::inbound::Inbound;
 use super::observe_hooks::Observer;
+use super::outgoing::{Msg, Outgoing};
 use super::stream::{
     ClientReader, ClientStream, ClientWriter, UpstreamReader, UpstreamStream, UpstreamWriter,
 };
@@ -166,7 +167,7 @@ async fn client_to_upstream(
     inbound: &mut Inbound<'_>,
 ) -> RelayEnd {
     let mut buf = BytesMut::with_capacity(READ_BUF);
-    let mut out = BytesMut::with_capacity(READ_BUF);
+    let mut out = Outgoing::with_capacity(READ_BUF);
     let mut passthrough = 0usize;
     loop {
         match inbound.read(cr, &mut buf, tracker).await {
@@ -177,52 +178,70 @@ async fn client_to_upstream(
         if inbound.gated() {
             inbound.refresh_gate(&buf).await;
         }
-        loop {
+        // Messages are looked at in place; `pos` is where the next starts.
+        let mut pos = 0usize;
+        let mut need = 0usize;
+        let mut open = true;
+        while pos < buf.len() {
+            let rest = buf.len() - pos;
             if passthrough > 0 {
-                let n = passthrough.min(buf.len());
-                out.extend_from_slice(&buf.split_to(n));
+                let n = passthrough.min(rest);
+                out.forward(&buf, pos..pos + n);
                 passthrough -= n;
-                if buf.is_empty() {
-                    break;
-                }
+                pos += n;
                 continue;
             }
-            let (tag, total) = match frame::peek_header(&buf) {
+            let (tag, total) = match frame::peek_header(&buf[pos..]) {
                 Ok(Some(h)) => h,
                 Ok(None) => break,
                 Err(e) => return RelayEnd::Protocol(e.to_string()),
             };
-            if tag == b'd' && total > buf.len() {
+            if tag == b'd' && total > rest {
                 // Large CopyData: stream it.
-                passthrough = total - buf.len();
-                out.extend_from_slice(&buf.split());
+                passthrough = total - rest;
+                out.forward(&buf, pos..buf.len());
+                pos = buf.len();
                 break;
             }
-            if total > buf.len() {
-                buf.reserve(total - buf.len());
+            if total > rest {
+                need = total;
                 break;
             }
-            let f = frame::Frame {
-                tag,
-                bytes: buf.split_to(total).freeze(),
-            };
-            match inbound.handle(f, &mut out, tracker) {
-                Ok(true) => {}
+            let m = Msg::new(tag, &buf, pos, pos + total);
+            match inbound.handle(&m, &mut out, tracker) {
+                Ok(true) => pos += total,
                 Ok(false) => {
-                    let _ = uw.write_all(&out).await;
-                    let _ = uw.flush().await;
-                    return RelayEnd::ClientClosed;
+                    open = false;
+                    break;
                 }
                 Err(e) => return e,
             }
         }
         if !out.is_empty() {
             // flush: a TLS stream may hold encrypted records back otherwise
-            if let Err(e) = write_flush(uw, &out).await {
+            let sent = write_flush(uw, out.pending(&buf)).await;
+            out.clear();
+            if let Err(e) = sent {
                 return RelayEnd::UpstreamLost(e.to_string());
             }
-            out.clear();
         }
+        if !open {
+            return RelayEnd::ClientClosed;
+        }
+        consumed(&mut buf, pos, need);
+    }
+}
+
+/// Drop the first `pos` bytes of a read buffer; make room for a message of
+/// `need` bytes that has only begun, or start over at the front of the
+/// allocation when everything was consumed (a buffer reused from its
+/// start stays in cache).
+fn consumed(buf: &mut BytesMut, pos: usize, need: usize) {
+    buf.advance(pos);
+    if need > buf.len() {
+        buf.reserve(need - buf.len());
+    } else if buf.is_empty() {
+        buf.reserve(READ_BUF);
     }
 }
 
@@ -251,7 +270,7 @@ async fn upstream_to_client(
     reason: &Mutex<Option<String>>,
     shared: &Shared,
 ) -> RelayEnd {
-    let mut out = BytesMut::with_capacity(READ_BUF);
+    let mut out = Outgoing::with_capacity(READ_BUF);
     // Made once: a fresh `cancelled()` per read would register and drop a
     // waiter on the shared shutdown token for every message.
     let killed = kill.cancelled();
@@ -291,58 +310,73 @@ async fn upstream_to_client(
             }
             Ok(_) => {}
         }
-        let batch = match scan_backend(buf, &mut out, passthrough, tracker) {
-            Ok(b) => b,
+        let scan = match scan_backend(buf, &mut out, passthrough, tracker) {
+            Ok(s) => s,
             Err(e) => return RelayEnd::UpstreamLost(e.to_string()),
         };
         if !out.is_empty() {
-            if let Err(e) = write_flush(cw, &out).await {
+            let sent = write_flush(cw, out.pending(buf)).await;
+            out.clear();
+            if let Err(e) = sent {
                 return RelayEnd::Protocol(format!("client write failed: {e}"));
             }
-            out.clear();
         }
+        consumed(buf, scan.consumed, scan.need);
+        let batch = scan.pending;
         if batch {
             observer.drain(tracker);
         }
     }
 }
 
-/// Move complete/streamable backend messages from `buf` to `out`, applying
-/// the tracker's actions. Returns whether bookkeeping is pending.
-fn scan_backend(
-    buf: &mut BytesMut,
-    out: &mut BytesMut,
+/// What one scan of the upstream read buffer did.
+#[derive(Debug)]
+pub struct Scan {
+    /// Bytes handled (to drop from the buffer once `out` is written).
+    pub consumed: usize,
+    /// Size of the message that has only begun at `consumed` (0: none).
+    pub need: usize,
+    /// Whether bookkeeping is pending (a completion, error or ready).
+    pub pending: bool,
+}
+
+/// Plan what to send for the complete/streamable backend messages in
+/// `buf`, applying the tracker's actions; `buf` itself is left as it is
+/// until the caller has written `out`.
+pub fn scan_backend(
+    buf: &[u8],
+    out: &mut Outgoing,
     passthrough: &mut usize,
     tracker: &Mutex<Tracker>,
-) -> Result<bool, FrameError> {
+) -> Result<Scan, FrameError> {
     let mut guard: Option<std::sync::MutexGuard<'_, Tracker>> = None;
     // One clock read per batch: its messages arrived together.
     let mut now: Option<Instant> = None;
-    let mut pending = false;
-    loop {
+    let (mut pos, mut need, mut pending) = (0usize, 0usize, false);
+    while pos < buf.len() {
+        let rest = buf.len() - pos;
         if *passthrough > 0 {
-            let n = (*passthrough).min(buf.len());
-            out.extend_from_slice(&buf.split_to(n));
+            let n = (*passthrough).min(rest);
+            out.forward(buf, pos..pos + n);
             *passthrough -= n;
-            if buf.is_empty() {
-                break;
-            }
+            pos += n;
             continue;
         }
-        let Some((tag, total)) = frame::peek_header(buf)? else {
+        let Some((tag, total)) = frame::peek_header(&buf[pos..])? else {
             break;
         };
         if !inspected(tag) {
-            let n = total.min(buf.len());
-            out.extend_from_slice(&buf.split_to(n));
+            let n = total.min(rest);
+            out.forward(buf, pos..pos + n);
             *passthrough = total - n;
+            pos += n;
             continue;
         }
-        if total > buf.len() {
-            buf.reserve(total - buf.len());
+        if total > rest {
+            need = total;
             break;
         }
-        let f = buf.split_to(total);
+        let m = Msg::new(tag, buf, pos, pos + total);
         let t = match guard.as_mut() {
             Some(g) => g,
             None => match tracker.lock() {
@@ -350,13 +384,18 @@ fn scan_backend(
                 Err(p) => guard.insert(p.into_inner()),
             },
         };
-        match t.on_backend(tag, &f[5..], *now.get_or_insert_with(Instant::now)) {
-            Action::Forward => out.extend_from_slice(&f),
-            Action::Replace(b) => out.extend_from_slice(&b),
+        match t.on_backend(tag, m.body(), *now.get_or_insert_with(Instant::now)) {
+            Action::Forward => out.forward_msg(&m),
+            Action::Replace(b) => out.replace(&m, &b),
         }
         pending |= matches!(tag, b'C' | b'E' | b'Z' | b'I' | b's');
+        pos += total;
     }
-    Ok(pending)
+    Ok(Scan {
+        consumed: pos,
+        need,
+        pending,
+    })
 }
 
 /// Frame bytes for a denied statement in the simple protocol: the upstream

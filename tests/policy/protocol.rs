@@ -51,6 +51,33 @@ async fn pipelined_extended_denial_fails_the_transaction() {
     p.stop().await;
 }
 
+/// Several Query messages in one write, the middle one denied: the proxy
+/// forwards the allowed ones around the substitute, in order, and each
+/// gets its own answer.
+#[tokio::test]
+async fn pipelined_simple_queries_around_a_denial_keep_their_order() {
+    let p = proxy().await;
+    as_owner("dev", "CREATE TABLE tw_pipe_simple (id int)").await;
+    let mut a = raw_login(&p, "auditor", "dev").await;
+    a.push(&raw::query_bytes(b"SELECT 1 AS first"))
+        .push(&raw::query_bytes(b"DELETE FROM tw_pipe_simple"))
+        .push(&raw::query_bytes(b"SELECT 3 AS third"))
+        .push(&raw::query_bytes(b"SELECT 4 AS fourth"));
+    a.send().await;
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        answers.push(a.until_ready().await);
+    }
+    let shapes: Vec<String> = answers.iter().map(|m| tags(m)).collect();
+    assert_eq!(shapes, ["TDCZ", "EZ", "TDCZ", "TDCZ"], "{answers:?}");
+    assert!(answers[1][0].is_denial(), "{:?}", answers[1][0].fields());
+    let first_column = |m: &[raw::Msg]| String::from_utf8_lossy(&m[0].body[2..]).into_owned();
+    assert!(first_column(&answers[0]).starts_with("first"));
+    assert!(first_column(&answers[2]).starts_with("third"));
+    assert!(first_column(&answers[3]).starts_with("fourth"));
+    p.stop().await;
+}
+
 #[tokio::test]
 async fn multi_statement_smuggling_is_denied_whole() {
     let p = proxy().await;
