@@ -19,6 +19,7 @@ use super::gatekeeper::{self, TxView};
 use super::names::Names;
 use super::observe_hooks::Observer;
 use super::outgoing::{Msg, Outgoing};
+use super::recent::Recent;
 use super::relay::{injected_bind, injected_query, RelayEnd, RESERVED_NAME};
 use super::stream::ClientReader;
 use super::tracker::{InFlight, Tracker};
@@ -62,6 +63,8 @@ pub struct Inbound<'a> {
     sql_prepared: HashMap<String, Known>,
     /// Portals by name.
     portals: Names<Known>,
+    /// The texts classified last (skips the shared cache for repeats).
+    recent: Recent,
     kill: Option<(CancellationToken, Arc<Mutex<Option<String>>>)>,
     /// Promotion gate, for migration sessions where a control database is configured.
     gate: Option<Arc<Gate>>,
@@ -89,6 +92,7 @@ impl<'a> Inbound<'a> {
             parsed: Names::default(),
             sql_prepared: HashMap::new(),
             portals: Names::default(),
+            recent: Recent::default(),
             kill: None,
             gate: env
                 .gate
@@ -317,12 +321,19 @@ impl<'a> Inbound<'a> {
     }
 
     /// Classify `text` and resolve EXECUTE of SQL-prepared statements.
-    fn classify(&self, text: &[u8]) -> Known {
-        let text: Arc<str> = match std::str::from_utf8(text) {
-            Ok(t) => Arc::from(t),
-            Err(_) => Arc::from(String::from_utf8_lossy(text).as_ref()),
+    fn classify(&mut self, bytes: &[u8]) -> Known {
+        let (text, classified) = match self.recent.get(bytes) {
+            Some((t, c)) => (Arc::clone(t), Arc::clone(c)),
+            None => {
+                let text: Arc<str> = match std::str::from_utf8(bytes) {
+                    Ok(t) => Arc::from(t),
+                    Err(_) => Arc::from(String::from_utf8_lossy(bytes).as_ref()),
+                };
+                let classified = self.rt.classifier.classify(&text);
+                self.recent.put(Arc::clone(&text), Arc::clone(&classified));
+                (text, classified)
+            }
         };
-        let classified = self.rt.classifier.classify(&text);
         let stmts = if classified.iter().any(|s| s.execute_name.is_some()) {
             Arc::new(self.resolve_executes(&classified))
         } else {

@@ -15,6 +15,7 @@ pub mod names;
 pub mod observe_hooks;
 pub mod outgoing;
 pub mod pool;
+pub mod recent;
 pub mod relay;
 pub mod session;
 pub mod stream;

@@ -276,9 +276,17 @@ async fn upstream_to_client(
     let killed = kill.cancelled();
     let stopping = shared.shutdown.cancelled();
     tokio::pin!(killed, stopping);
+    // Shutdown was asked while a transaction or request was open: end the
+    // session at its next idle point instead.
+    let mut stop_when_idle = false;
     loop {
+        // Data first: a burst is relayed without polling the signals (two
+        // locks each). Tokio's cooperative budget makes a socket read return
+        // Pending after 128 ready operations in one poll, so under a
+        // continuous stream a kill or shutdown is still seen within a budget.
         let n = tokio::select! {
             biased;
+            r = ur.read_buf(buf) => r,
             _ = &mut killed => {
                 let why = reason.lock().ok().and_then(|r| r.clone()).unwrap_or_else(|| "session closed".into());
                 let code = if why.starts_with(PROTOCOL_PREFIX) { sqlstate::PROTOCOL_VIOLATION } else { sqlstate::ADMIN_SHUTDOWN };
@@ -286,12 +294,13 @@ async fn upstream_to_client(
                 let _ = write_flush(cw, &f).await;
                 return RelayEnd::Killed(why);
             }
-            _ = &mut stopping, if tracker.lock().map(|t| t.idle() && t.status == b'I').unwrap_or(true) => {
-                let f = encode::error(Severity::Fatal, sqlstate::ADMIN_SHUTDOWN, "tierwarden: the proxy is shutting down", None);
-                let _ = write_flush(cw, &f).await;
-                return RelayEnd::Killed("shutdown".into());
+            _ = &mut stopping, if !stop_when_idle => {
+                if at_rest(tracker) {
+                    return shutting_down(cw).await;
+                }
+                stop_when_idle = true;
+                continue;
             }
-            r = ur.read_buf(buf) => r,
         };
         match n {
             Ok(0) | Err(_) => {
@@ -325,8 +334,32 @@ async fn upstream_to_client(
         let batch = scan.pending;
         if batch {
             observer.drain(tracker);
+            if stop_when_idle && at_rest(tracker) {
+                return shutting_down(cw).await;
+            }
         }
     }
+}
+
+/// Whether the session is between transactions with nothing in flight
+/// (a poisoned tracker counts as at rest: nothing more can be learned).
+fn at_rest(tracker: &Mutex<Tracker>) -> bool {
+    tracker
+        .lock()
+        .map(|t| t.idle() && t.status == b'I')
+        .unwrap_or(true)
+}
+
+/// Tell the client the proxy is shutting down and end the session.
+async fn shutting_down(cw: &mut ClientWriter<'_>) -> RelayEnd {
+    let f = encode::error(
+        Severity::Fatal,
+        sqlstate::ADMIN_SHUTDOWN,
+        "tierwarden: the proxy is shutting down",
+        None,
+    );
+    let _ = write_flush(cw, &f).await;
+    RelayEnd::Killed("shutdown".into())
 }
 
 /// What one scan of the upstream read buffer did.
