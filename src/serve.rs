@@ -282,6 +282,10 @@ impl Server {
     pub async fn shutdown(self) {
         tracing::info!("draining sessions");
         self.shared.shutdown.cancel();
+        // Sessions registered after this look at the token themselves.
+        for s in self.shared.sessions.iter() {
+            s.stop.drain();
+        }
         self.tasks.close();
         self.background.close();
         let grace =
@@ -294,7 +298,7 @@ impl Server {
                 if let Ok(mut r) = s.reason.lock() {
                     *r = Some("the proxy is shutting down".into());
                 }
-                s.kill.cancel();
+                s.stop.kill();
             }
             let _ = tokio::time::timeout(Duration::from_secs(5), self.tasks.wait()).await;
         }
@@ -355,7 +359,7 @@ fn close_revoked(shared: &Shared, new: &Runtime) {
                     s.identity
                 ));
             }
-            s.kill.cancel();
+            s.stop.kill();
         }
     }
 }

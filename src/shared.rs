@@ -89,8 +89,9 @@ pub struct LiveSession {
     pub identity: String,
     /// Role.
     pub role: String,
-    /// Closing this ends the session with `reason`.
-    pub kill: CancellationToken,
+    /// Stop requests: kill ends the session with `reason`, drain at its
+    /// next idle point.
+    pub stop: Arc<crate::proxy::signal::SessionSignal>,
     /// Why it was killed.
     pub reason: Arc<Mutex<Option<String>>>,
 }

@@ -434,7 +434,7 @@ fn tracker_survives_any_backend_sequence_and_stays_bounded() {
                     Op::Simple(n, denied) => {
                         requests += 1;
                         stmts += usize::from(n);
-                        let s = (0..n).map(|_| stmt(StatementClass::Ddl)).collect();
+                        let s: Vec<_> = (0..n).map(|_| stmt(StatementClass::Ddl)).collect();
                         t.simple(s, denied.then(|| Bytes::from_static(b"DENIED")));
                     }
                     Op::Extended(with) => {

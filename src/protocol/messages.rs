@@ -11,7 +11,7 @@
 pub struct Malformed(pub &'static str);
 
 fn cstr<'a>(buf: &'a [u8], what: &'static str) -> Result<(&'a [u8], &'a [u8]), Malformed> {
-    let end = buf.iter().position(|b| *b == 0).ok_or(Malformed(what))?;
+    let end = memchr::memchr(0, buf).ok_or(Malformed(what))?;
     Ok((&buf[..end], &buf[end + 1..]))
 }
 

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
-use tokio_util::sync::CancellationToken;
 
 use super::admission::Admitted;
 use super::gatekeeper::{self, TxView};
@@ -21,6 +20,7 @@ use super::observe_hooks::Observer;
 use super::outgoing::{Msg, Outgoing};
 use super::recent::Recent;
 use super::relay::{injected_bind, injected_query, RelayEnd, RESERVED_NAME};
+use super::signal::{KillReason, SessionSignal};
 use super::stream::ClientReader;
 use super::tracker::{InFlight, Tracker};
 use crate::policy::{
@@ -65,7 +65,7 @@ pub struct Inbound<'a> {
     portals: Names<Known>,
     /// The texts classified last (skips the shared cache for repeats).
     recent: Recent,
-    kill: Option<(CancellationToken, Arc<Mutex<Option<String>>>)>,
+    kill: Option<(Arc<SessionSignal>, KillReason)>,
     /// Promotion gate, for migration sessions where a control database is configured.
     gate: Option<Arc<Gate>>,
     /// The predecessor's outcomes, refreshed before ddl and COMMIT.
@@ -149,7 +149,7 @@ impl<'a> Inbound<'a> {
 
     /// Let the inbound side end the session with a FATAL (written by the
     /// outbound side, which owns the client writer).
-    pub fn set_kill(&mut self, kill: CancellationToken, reason: Arc<Mutex<Option<String>>>) {
+    pub fn set_kill(&mut self, kill: Arc<SessionSignal>, reason: KillReason) {
         self.kill = Some((kill, reason));
     }
 
@@ -158,7 +158,7 @@ impl<'a> Inbound<'a> {
             if let Ok(mut g) = r.lock() {
                 *g = Some(why);
             }
-            k.cancel();
+            k.kill();
         }
     }
 
@@ -459,22 +459,17 @@ impl<'a> Inbound<'a> {
         self.tx.after(&k.stmts, k.fps.as_deref());
         self.remember_sql_prepares(&k);
         let now = Instant::now();
-        let inflight = k
-            .stmts
-            .iter()
-            .enumerate()
-            .map(|(i, s)| InFlight {
-                class: s.class,
-                text: Arc::clone(&k.text),
-                sent: now,
-                fp: k
-                    .fps
-                    .as_ref()
-                    .and_then(|f| f.get(i))
-                    .filter(|_| s.class == StatementClass::Ddl)
-                    .map(|f| Arc::from(f.as_str())),
-            })
-            .collect();
+        let inflight = k.stmts.iter().enumerate().map(|(i, s)| InFlight {
+            class: s.class,
+            text: Arc::clone(&k.text),
+            sent: now,
+            fp: k
+                .fps
+                .as_ref()
+                .and_then(|f| f.get(i))
+                .filter(|_| s.class == StatementClass::Ddl)
+                .map(|f| Arc::from(f.as_str())),
+        });
         t.simple(inflight, None);
         out.forward_msg(m);
     }

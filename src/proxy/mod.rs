@@ -18,6 +18,7 @@ pub mod pool;
 pub mod recent;
 pub mod relay;
 pub mod session;
+pub mod signal;
 pub mod stream;
 pub mod tracker;
 pub mod upstream;

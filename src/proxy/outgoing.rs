@@ -23,16 +23,19 @@ pub struct Msg<'b> {
 
 impl<'b> Msg<'b> {
     /// The message at `at..end` of `buf` (a complete frame).
+    #[inline]
     pub fn new(tag: u8, buf: &'b [u8], at: usize, end: usize) -> Msg<'b> {
         Msg { tag, buf, at, end }
     }
 
     /// The whole message, header included, exactly as received.
+    #[inline]
     pub fn bytes(&self) -> &'b [u8] {
         &self.buf[self.at..self.end]
     }
 
     /// The body after the 5-byte header.
+    #[inline]
     pub fn body(&self) -> &'b [u8] {
         &self.buf[self.at + 5..self.end]
     }
@@ -57,6 +60,7 @@ impl Outgoing {
     }
 
     /// Send `range` of the read buffer `buf` unchanged.
+    #[inline]
     pub fn forward(&mut self, buf: &[u8], range: Range<usize>) {
         if self.owned.is_empty() && range.start == self.verbatim {
             self.verbatim = range.end;
@@ -68,6 +72,7 @@ impl Outgoing {
 
     /// From here on everything goes through `owned`: move the verbatim
     /// run there first, so the order stays.
+    #[cold]
     fn break_run(&mut self, buf: &[u8]) {
         if self.owned.is_empty() && self.verbatim > 0 {
             self.owned.extend_from_slice(&buf[..self.verbatim]);
@@ -76,6 +81,7 @@ impl Outgoing {
     }
 
     /// Send `m` unchanged.
+    #[inline]
     pub fn forward_msg(&mut self, m: &Msg<'_>) {
         self.forward(m.buf, m.at..m.end);
     }

@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 
 use super::admission::Admitted;
 use super::inbound::Inbound;
 use super::observe_hooks::Observer;
 use super::outgoing::{Msg, Outgoing};
+use super::signal::{SessionSignal, Stop};
 use super::stream::{
     ClientReader, ClientStream, ClientWriter, UpstreamReader, UpstreamStream, UpstreamWriter,
 };
@@ -69,7 +69,7 @@ pub async fn run(
     rt: &Arc<Runtime>,
     shared: &Arc<Shared>,
 ) -> (RelayEnd, Option<UpstreamStream>) {
-    let kill = CancellationToken::new();
+    let signal = Arc::new(SessionSignal::default());
     let reason = Arc::new(Mutex::new(None));
     let live_key = (Arc::clone(&env.name), up.pid);
     shared.sessions.insert(
@@ -77,10 +77,15 @@ pub async fn run(
         LiveSession {
             identity: adm.login.identity.clone(),
             role: adm.login.role.clone(),
-            kill: kill.clone(),
+            stop: Arc::clone(&signal),
             reason: Arc::clone(&reason),
         },
     );
+    // Shutdown drains the sessions it finds registered; one registered
+    // after that sees the token.
+    if shared.shutdown.is_cancelled() {
+        signal.drain();
+    }
     let tracker = Mutex::new(Tracker::new(
         adm.migrations_role || adm.login.level == crate::policy::Level::Migrate,
     ));
@@ -91,9 +96,9 @@ pub async fn run(
     let mut ubuf = BytesMut::with_capacity(READ_BUF);
     let mut upass = 0usize;
     let mut inbound = Inbound::new(adm, env, rt, shared, &observer);
-    inbound.set_kill(kill.clone(), Arc::clone(&reason));
+    inbound.set_kill(Arc::clone(&signal), Arc::clone(&reason));
     let expiry = adm.expires.map(|t| {
-        let (kill, reason) = (kill.clone(), Arc::clone(&reason));
+        let (signal, reason) = (Arc::clone(&signal), Arc::clone(&reason));
         let left = t
             .duration_since(std::time::SystemTime::now())
             .unwrap_or(Duration::ZERO);
@@ -102,7 +107,7 @@ pub async fn run(
             if let Ok(mut r) = reason.lock() {
                 *r = Some("the access token of this session expired".into());
             }
-            kill.cancel();
+            signal.kill();
         }))
     });
     let client_side = async {
@@ -113,14 +118,14 @@ pub async fn run(
             if let Ok(mut r) = reason.lock() {
                 *r = Some(format!("{PROTOCOL_PREFIX}{why}"));
             }
-            kill.cancel();
+            signal.kill();
             tokio::time::sleep(FATAL_GRACE).await;
         }
         end
     };
     let end = tokio::select! {
         e = client_side => e,
-        e = upstream_to_client(&mut ur, &mut cw, &mut ubuf, &mut upass, &tracker, &observer, &kill, &reason, shared) => e,
+        e = upstream_to_client(&mut ur, &mut cw, &mut ubuf, &mut upass, &tracker, &observer, &signal, &reason) => e,
     };
     let end = match end {
         RelayEnd::Killed(why) if why.starts_with(PROTOCOL_PREFIX) => {
@@ -266,40 +271,34 @@ async fn upstream_to_client(
     passthrough: &mut usize,
     tracker: &Mutex<Tracker>,
     observer: &Observer<'_>,
-    kill: &CancellationToken,
+    signal: &SessionSignal,
     reason: &Mutex<Option<String>>,
-    shared: &Shared,
 ) -> RelayEnd {
     let mut out = Outgoing::with_capacity(READ_BUF);
-    // Made once: a fresh `cancelled()` per read would register and drop a
-    // waiter on the shared shutdown token for every message.
-    let killed = kill.cancelled();
-    let stopping = shared.shutdown.cancelled();
-    tokio::pin!(killed, stopping);
     // Shutdown was asked while a transaction or request was open: end the
     // session at its next idle point instead.
     let mut stop_when_idle = false;
     loop {
-        // Data first: a burst is relayed without polling the signals (two
-        // locks each). Tokio's cooperative budget makes a socket read return
+        // Data first: a burst is relayed without looking at the stop
+        // signal. Tokio's cooperative budget makes a socket read return
         // Pending after 128 ready operations in one poll, so under a
         // continuous stream a kill or shutdown is still seen within a budget.
         let n = tokio::select! {
             biased;
             r = ur.read_buf(buf) => r,
-            _ = &mut killed => {
+            stop = signal.stopped(stop_when_idle) => {
+                if stop == Stop::Drain {
+                    if at_rest(tracker) {
+                        return shutting_down(cw).await;
+                    }
+                    stop_when_idle = true;
+                    continue;
+                }
                 let why = reason.lock().ok().and_then(|r| r.clone()).unwrap_or_else(|| "session closed".into());
                 let code = if why.starts_with(PROTOCOL_PREFIX) { sqlstate::PROTOCOL_VIOLATION } else { sqlstate::ADMIN_SHUTDOWN };
                 let f = encode::error(Severity::Fatal, code, &format!("tierwarden: {why}"), None);
                 let _ = write_flush(cw, &f).await;
                 return RelayEnd::Killed(why);
-            }
-            _ = &mut stopping, if !stop_when_idle => {
-                if at_rest(tracker) {
-                    return shutting_down(cw).await;
-                }
-                stop_when_idle = true;
-                continue;
             }
         };
         match n {

@@ -86,6 +86,24 @@ struct Segment {
     in_copy: bool,
 }
 
+impl Segment {
+    /// A segment with `stmts` (a recycled, empty queue or the statements
+    /// of a Query), every other field at its start value.
+    fn new(extended: bool, open: bool, stmts: VecDeque<InFlight>) -> Segment {
+        Segment {
+            extended,
+            open,
+            sent_msgs: 0,
+            seen_terminals: 0,
+            denial: None,
+            swap_complete: None,
+            stmts,
+            errored: false,
+            in_copy: false,
+        }
+    }
+}
+
 /// What the upstream→client side must do with one backend message.
 #[derive(Debug)]
 pub enum Action {
@@ -112,6 +130,9 @@ pub struct Tracker {
     pub completed: Vec<Completed>,
     /// Migration episodes finished since the relay last drained them.
     pub migrations_ended: Vec<EndedMigration>,
+    /// The statement queue of the last finished segment, emptied, for the
+    /// next one (no allocation per request).
+    spare: VecDeque<InFlight>,
 }
 
 impl Tracker {
@@ -130,17 +151,15 @@ impl Tracker {
             last_mark: None,
             completed: Vec::new(),
             migrations_ended: Vec::new(),
+            spare: VecDeque::new(),
         }
     }
 
     fn open_extended(&mut self) -> &mut Segment {
         let needs_new = !matches!(self.segments.back(), Some(s) if s.open);
         if needs_new {
-            self.segments.push_back(Segment {
-                extended: true,
-                open: true,
-                ..Segment::default()
-            });
+            let stmts = std::mem::take(&mut self.spare);
+            self.segments.push_back(Segment::new(true, true, stmts));
         }
         // just pushed or checked above
         let last = self.segments.len() - 1;
@@ -149,7 +168,7 @@ impl Tracker {
 
     /// A simple Query (or FunctionCall) is being forwarded with these
     /// statements; `denial` when the proxy replaced it.
-    pub fn simple(&mut self, stmts: Vec<InFlight>, denial: Option<Bytes>) {
+    pub fn simple(&mut self, stmts: impl IntoIterator<Item = InFlight>, denial: Option<Bytes>) {
         if let Some(s) = self.segments.back_mut().filter(|s| s.open) {
             // A Query after unsynced extended messages closes their segment.
             s.open = false;
@@ -159,13 +178,11 @@ impl Tracker {
             }
             return;
         }
-        self.segments.push_back(Segment {
-            extended: false,
-            open: false,
-            denial: denial.map(|d| (0, d)),
-            stmts: stmts.into(),
-            ..Segment::default()
-        });
+        let mut queue = std::mem::take(&mut self.spare);
+        queue.extend(stmts);
+        let mut s = Segment::new(false, false, queue);
+        s.denial = denial.map(|d| (0, d));
+        self.segments.push_back(s);
     }
 
     /// A refused COMMIT: the proxy sends ROLLBACK and its CommandComplete
@@ -333,7 +350,13 @@ impl Tracker {
     }
 
     fn ready(&mut self, status: u8) {
-        self.segments.pop_front();
+        if let Some(mut done) = self.segments.pop_front() {
+            done.stmts.clear();
+            // (a queue grown by a long pipeline is let go)
+            if done.stmts.capacity() > self.spare.capacity() && done.stmts.capacity() <= 64 {
+                self.spare = done.stmts;
+            }
+        }
         self.status = status;
         self.last_mark = None;
         if status == b'I' {
