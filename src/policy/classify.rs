@@ -32,6 +32,14 @@ const CACHE_ENTRIES_PER_SHARD: usize = 512;
 /// about 4096 × 8 KiB).
 const CACHE_MAX_TEXT: usize = 8 * 1024;
 
+/// Whether `sql` holds a `$n` parameter reference (found with memchr; a
+/// `$` elsewhere, in a dollar quote say, only makes this guess `true`,
+/// which costs a lookup order, never a different result).
+fn has_parameters(sql: &str) -> bool {
+    let b = sql.as_bytes();
+    memchr::memchr_iter(b'$', b).any(|i| b.get(i + 1).is_some_and(u8::is_ascii_digit))
+}
+
 /// A cache shard, even if a panic elsewhere poisoned its lock.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -110,11 +118,29 @@ impl Classifier {
         if sql.len() > CACHE_MAX_TEXT {
             return Arc::new(self.classify_uncached(sql));
         }
+        // A text with inline literals (no `$n` parameters: the simple
+        // protocol, client-side interpolation) is never kept by exact text
+        // while the shape cache answers it, so its shape is asked first; a
+        // parameterized text repeats verbatim and is asked by exact text.
+        let (eligible, lexed) = if has_parameters(sql) {
+            (None, None)
+        } else {
+            let eligible = super::shape::eligible(sql);
+            let lexed = eligible.then(|| super::shape::lexed_key(sql)).flatten();
+            if let Some(k) = lexed.as_deref().filter(|k| super::shape::varies(k, sql)) {
+                if let Some(hit) = lock(&self.shapes[self.shard_of(k)]).get(k) {
+                    return Arc::clone(hit);
+                }
+            }
+            (Some(eligible), lexed)
+        };
         let shard = &self.cache[self.shard_of(sql)];
         if let Some(hit) = lock(shard).get(sql) {
             return Arc::clone(hit);
         }
-        let (fresh, shaped) = self.classify_by_shape(sql);
+        let eligible = eligible.unwrap_or_else(|| super::shape::eligible(sql));
+        let lexed = lexed.or_else(|| eligible.then(|| super::shape::lexed_key(sql)).flatten());
+        let (fresh, shaped) = self.classify_by_shape(sql, eligible, lexed);
         // Texts the shape cache answers (say, every pgbench statement with
         // its own literals) would only churn the exact cache.
         if !shaped {
@@ -127,9 +153,14 @@ impl Classifier {
     /// literals); also says whether that cache holds the result under a
     /// cheap key that this text's literals vary under (then the exact
     /// cache need not hold it too: it would only churn).
-    fn classify_by_shape(&self, sql: &str) -> (Arc<Classified>, bool) {
-        let key = if super::shape::eligible(sql) {
-            super::shape::key(sql)
+    fn classify_by_shape(
+        &self,
+        sql: &str,
+        eligible: bool,
+        lexed: Option<String>,
+    ) -> (Arc<Classified>, bool) {
+        let key = if eligible {
+            super::shape::key(sql, lexed)
         } else {
             None
         };

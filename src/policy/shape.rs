@@ -36,16 +36,20 @@ use super::{Classified, StatementClass};
 const EXCLUDED: &[&str] = &["set_config", "explain", "copy"];
 
 /// Whether `sql` may be looked up (and stored) by shape: it mentions none
-/// of [`EXCLUDED`] anywhere, in any letter case (one pass, no allocation).
+/// of [`EXCLUDED`] anywhere, in any letter case (one pass, no allocation;
+/// only bytes that can start a word are compared further).
 pub fn eligible(sql: &str) -> bool {
     let b = sql.as_bytes();
     !(0..b.len()).any(|i| {
-        let first = b[i].to_ascii_lowercase();
-        EXCLUDED.iter().any(|w| {
-            w.as_bytes()[0] == first
-                && b.get(i..i + w.len())
-                    .is_some_and(|s| s.eq_ignore_ascii_case(w.as_bytes()))
-        })
+        // `| 0x20` lowercases ASCII letters; only `S`/`s` map to `s`, etc.
+        let word: &[u8] = match b[i] | 0x20 {
+            b's' => EXCLUDED[0].as_bytes(),
+            b'e' => EXCLUDED[1].as_bytes(),
+            b'c' => EXCLUDED[2].as_bytes(),
+            _ => return false,
+        };
+        b.get(i..i + word.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(word))
     })
 }
 
@@ -62,19 +66,25 @@ pub fn storable(c: &Classified) -> bool {
         })
 }
 
-/// The shape key of `sql` (None when neither way can compute one), and
-/// whether the text's own literals vary under it: the key was the cheap,
-/// lexed one and replaced at least one constant. Such texts are best
-/// looked up by shape alone; the others (parameterized texts of the
-/// extended protocol, say) repeat verbatim and are best kept by exact text.
-pub fn key(sql: &str) -> Option<(String, bool)> {
-    match lexed_key(sql) {
+/// The shape key of `sql` given its lexed key if it has one (None when
+/// neither way can compute one), and whether the text's own literals vary
+/// under it: the key was the cheap, lexed one and replaced at least one
+/// constant. Such texts are best looked up by shape alone; the others
+/// (parameterized texts of the extended protocol, say) repeat verbatim and
+/// are best kept by exact text.
+pub fn key(sql: &str, lexed: Option<String>) -> Option<(String, bool)> {
+    match lexed {
         Some(k) => {
-            let varies = k.get(1..) != Some(sql);
-            Some((k, varies))
+            let v = varies(&k, sql);
+            Some((k, v))
         }
         None => pg_query::normalize(sql).ok().map(|k| (k, false)),
     }
+}
+
+/// Whether the lexed key `key` of `sql` replaced at least one constant.
+pub fn varies(key: &str, sql: &str) -> bool {
+    key.get(1..) != Some(sql)
 }
 
 /// Marker of a numeric constant in a lexed key.
@@ -82,9 +92,22 @@ const NUMBER: &str = "$n";
 /// Marker of a string constant in a lexed key.
 const STRING: &str = "$s";
 
-/// Identifier bytes (PostgreSQL: letters, digits, `_`, `$`, any byte ≥ 0x80).
+/// Identifier bytes (PostgreSQL: letters, digits, `_`, `$`, any byte ≥ 0x80),
+/// by table: the lexer asks this for nearly every byte of a text.
+const IDENT: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0usize;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80;
+        c += 1;
+    }
+    t
+};
+
+#[inline]
 fn ident_byte(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
+    IDENT[c as usize]
 }
 
 /// Whether a string literal ending just before `rest` is continued by
@@ -346,9 +369,18 @@ mod tests {
         assert_eq!(k("SELECT 'it''s', 1.5"), k("SELECT '', 99999999999"));
         assert_eq!(k("SELECT 'a' 'b'"), "\0SELECT $s $s");
         assert_eq!(k("SELECT $1 + 5, $12"), "\0SELECT $1 + $n, $12");
-        assert_eq!(super::key("SELECT $1").map(|x| x.1), Some(false));
-        assert_eq!(super::key("SELECT 1").map(|x| x.1), Some(true));
-        assert_eq!(super::key("SELECT 1e5").map(|x| x.1), Some(false));
+        assert_eq!(
+            super::key("SELECT $1", lexed_key("SELECT $1")).map(|x| x.1),
+            Some(false)
+        );
+        assert_eq!(
+            super::key("SELECT 1", lexed_key("SELECT 1")).map(|x| x.1),
+            Some(true)
+        );
+        assert_eq!(
+            super::key("SELECT 1e5", lexed_key("SELECT 1e5")).map(|x| x.1),
+            Some(false)
+        );
         assert_ne!(k("SELECT * FROM t1"), k("SELECT * FROM t2"));
         assert_ne!(k("SELECT * FROM \"t1\""), k("SELECT * FROM \"t2\""));
         assert_ne!(k("SELECT x - 1"), k("SELECT x -1"));
