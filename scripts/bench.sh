@@ -154,29 +154,11 @@ fi
 
 log "starting PgBouncer (session mode) on port $PGB_PORT"
 PGB_DIR=$WORK/pgbouncer
-mkdir -p "$PGB_DIR"
-printf '"tw_dev_owner" "%s"\n' "$DEV_OWNER_PW" >"$PGB_DIR/userlist.txt"
-cat >"$PGB_DIR/pgbouncer.ini" <<EOF
-[databases]
-app_dev = host=127.0.0.1 port=$PG_PORT dbname=app_dev
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $PGB_PORT
-unix_socket_dir =
-auth_type = scram-sha-256
-auth_file = $PGB_DIR/userlist.txt
-pool_mode = session
-max_client_conn = $((IDLE + 100))
-default_pool_size = $((IDLE + 50))
-logfile = $PGB_DIR/pgbouncer.log
-EOF
-chmod 600 "$PGB_DIR/userlist.txt" "$PGB_DIR/pgbouncer.ini"
+write_pgbouncer_config "$PGB_DIR" "$PG_PORT" "$PGB_PORT" tw_dev_owner "$DEV_OWNER_PW" \
+    "max_client_conn = $((IDLE + 100))
+default_pool_size = $((IDLE + 50))"
 PGB_USER_ARGS=()
-if [ "$(id -u)" = 0 ]; then
-    chown -R postgres "$PGB_DIR"
-    PGB_USER_ARGS=(-u postgres)
-fi
+[ "$(id -u)" != 0 ] || PGB_USER_ARGS=(-u postgres)
 pgbouncer -q "${PGB_USER_ARGS[@]}" "$PGB_DIR/pgbouncer.ini" >"$LOGDIR/pgbouncer.stdout" 2>&1 &
 PGB_PID=$!
 for _ in $(seq 1 100); do
@@ -297,6 +279,7 @@ done
 
 wait_backends_below() {
     for _ in $(seq 1 300); do
+        # shellcheck disable=SC2016 # $$…$$ is an SQL dollar quote
         [ "$(super_sql 'SELECT count(*) FROM pg_stat_activity WHERE backend_type = $$client backend$$')" -lt "$1" ] && return 0
         sleep 0.1
     done

@@ -1,7 +1,7 @@
 # shellcheck shell=bash
-# scripts/lib.sh — shell helpers shared by bench.sh, bench_metrics.sh and
-# soak.sh (sourced, not run). The sourcing script defines log() and die()
-# first.
+# scripts/lib.sh — shell helpers shared by bench.sh, bench_instructions.sh,
+# bench_metrics.sh and soak.sh (sourced, not run). The sourcing script
+# defines log() and die() first.
 
 # stop_pid PID: SIGTERM, up to 30 s, then SIGKILL; reaps it if it is our child.
 stop_pid() {
@@ -69,4 +69,33 @@ start_quickstart() {
         sleep 0.1
     done
     die "quickstart not ready after 180 s"
+}
+
+# write_pgbouncer_config DIR PG_PORT LISTEN_PORT USER PASSWORD [EXTRA]:
+# pgbouncer.ini (session mode, database app_dev on 127.0.0.1:PG_PORT, SCRAM
+# from a plain-text auth_file holding USER's throwaway password) in DIR;
+# EXTRA is appended to the [pgbouncer] section. Owned by postgres when run
+# as root (PgBouncer refuses to run as root).
+write_pgbouncer_config() {
+    local dir=$1 pg_port=$2 port=$3 user=$4 pw=$5 extra=${6:-}
+    mkdir -p "$dir"
+    printf '"%s" "%s"\n' "$user" "$pw" >"$dir/userlist.txt"
+    cat >"$dir/pgbouncer.ini" <<EOT
+[databases]
+app_dev = host=127.0.0.1 port=$pg_port dbname=app_dev
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $port
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $dir/userlist.txt
+pool_mode = session
+logfile = $dir/pgbouncer.log
+$extra
+EOT
+    chmod 600 "$dir/userlist.txt" "$dir/pgbouncer.ini"
+    if [ "$(id -u)" = 0 ]; then
+        chown -R postgres "$dir"
+    fi
 }
