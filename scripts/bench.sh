@@ -161,12 +161,7 @@ PGB_USER_ARGS=()
 [ "$(id -u)" != 0 ] || PGB_USER_ARGS=(-u postgres)
 pgbouncer -q "${PGB_USER_ARGS[@]}" "$PGB_DIR/pgbouncer.ini" >"$LOGDIR/pgbouncer.stdout" 2>&1 &
 PGB_PID=$!
-for _ in $(seq 1 100); do
-    PGPASSWORD=$DEV_OWNER_PW psql -X -q -At "$PGB_URL" -c 'select 1' >/dev/null 2>&1 && break
-    kill -0 "$PGB_PID" 2>/dev/null || die "pgbouncer exited (see $LOGDIR/pgbouncer.stdout)"
-    sleep 0.1
-done
-PGPASSWORD=$DEV_OWNER_PW psql -X -q -At "$PGB_URL" -c 'select 1' >/dev/null || die "pgbouncer not answering"
+wait_for_pgbouncer "$PGB_URL" "$DEV_OWNER_PW" "$PGB_PID" "$LOGDIR/pgbouncer.stdout" 10
 
 CLK_TCK=$(getconf CLK_TCK)
 # CPU time (user + system, clock ticks) of a process; 0 for none.

@@ -109,11 +109,7 @@ AS_PGB=()
     --callgrind-out-file="$PGB_DIR/pgb.callgrind.%p" pgbouncer "$PGB_DIR/pgbouncer.ini" \
     >"$WORK/pgbouncer.stdout" 2>&1 &
 PGB_PID=$!
-for _ in $(seq 1 300); do
-    PGPASSWORD=$OWNER_PW psql -X -q -At "$PGB_URL" -c 'select 1' >/dev/null 2>&1 && break
-    kill -0 "$PGB_PID" 2>/dev/null || die "pgbouncer exited (see $WORK/pgbouncer.stdout)"
-    sleep 0.2
-done
+wait_for_pgbouncer "$PGB_URL" "$OWNER_PW" "$PGB_PID" "$WORK/pgbouncer.stdout" 60
 # runuser stays the parent: the measured process is valgrind's.
 PGB_VG=$(pgrep -n -f -- "--callgrind-out-file=$PGB_DIR/") || die "PgBouncer's valgrind process not found"
 

@@ -99,3 +99,15 @@ EOT
         chown -R postgres "$dir"
     fi
 }
+
+# wait_for_pgbouncer URL PASSWORD PID LOGFILE SECONDS: until `select 1`
+# through URL works; dies if PID exits first or after SECONDS.
+wait_for_pgbouncer() {
+    local url=$1 pw=$2 pid=$3 logfile=$4 seconds=$5
+    for _ in $(seq 1 $((seconds * 10))); do
+        PGPASSWORD=$pw psql -X -q -At "$url" -c 'select 1' >/dev/null 2>&1 && return 0
+        kill -0 "$pid" 2>/dev/null || die "pgbouncer exited (see $logfile)"
+        sleep 0.1
+    done
+    die "pgbouncer not answering after $seconds s (see $logfile)"
+}
