@@ -2,8 +2,10 @@
 //!
 //! Data flows one way: `listener` accepts → `session` runs the phases
 //! (startup, `client_auth`, `admission`, `upstream`) → `relay` moves
-//! messages, with `inbound` deciding on the way in, `tracker` keeping
-//! responses in order and `observe_hooks` recording what happened.
+//! messages, with `inbound` deciding on the way in (`recent` remembering
+//! the session's last texts), `tracker` keeping responses in order,
+//! `outgoing` planning what each write sends, `signal` carrying kill and
+//! drain requests and `observe_hooks` recording what happened.
 
 pub mod admission;
 pub mod cancel;
