@@ -40,6 +40,16 @@ fn has_parameters(sql: &str) -> bool {
     memchr::memchr_iter(b'$', b).any(|i| b.get(i + 1).is_some_and(u8::is_ascii_digit))
 }
 
+/// Whether `sql` may be cached by shape, and its lexed shape key when it
+/// may and the cheap lexer can compute one.
+fn lexed_shape(sql: &str) -> (bool, Option<String>) {
+    let eligible = super::shape::eligible(sql);
+    (
+        eligible,
+        eligible.then(|| super::shape::lexed_key(sql)).flatten(),
+    )
+}
+
 /// A cache shard, even if a panic elsewhere poisoned its lock.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -122,24 +132,19 @@ impl Classifier {
         // protocol, client-side interpolation) is never kept by exact text
         // while the shape cache answers it, so its shape is asked first; a
         // parameterized text repeats verbatim and is asked by exact text.
-        let (eligible, lexed) = if has_parameters(sql) {
-            (None, None)
-        } else {
-            let eligible = super::shape::eligible(sql);
-            let lexed = eligible.then(|| super::shape::lexed_key(sql)).flatten();
-            if let Some(k) = lexed.as_deref().filter(|k| super::shape::varies(k, sql)) {
-                if let Some(hit) = lock(&self.shapes[self.shard_of(k)]).get(k) {
+        let early = (!has_parameters(sql)).then(|| lexed_shape(sql));
+        if let Some((_, Some(k))) = &early {
+            if super::shape::varies(k, sql) {
+                if let Some(hit) = lock(&self.shapes[self.shard_of(k)]).get(k.as_str()) {
                     return Arc::clone(hit);
                 }
             }
-            (Some(eligible), lexed)
-        };
+        }
         let shard = &self.cache[self.shard_of(sql)];
         if let Some(hit) = lock(shard).get(sql) {
             return Arc::clone(hit);
         }
-        let eligible = eligible.unwrap_or_else(|| super::shape::eligible(sql));
-        let lexed = lexed.or_else(|| eligible.then(|| super::shape::lexed_key(sql)).flatten());
+        let (eligible, lexed) = early.unwrap_or_else(|| lexed_shape(sql));
         let (fresh, shaped) = self.classify_by_shape(sql, eligible, lexed);
         // Texts the shape cache answers (say, every pgbench statement with
         // its own literals) would only churn the exact cache.

@@ -88,7 +88,7 @@ impl Outgoing {
 
     /// Send `bytes` in place of (or in addition to) what the read buffer
     /// `buf` holds at this point.
-    pub fn substitute(&mut self, buf: &[u8], bytes: &[u8]) {
+    fn substitute(&mut self, buf: &[u8], bytes: &[u8]) {
         self.break_run(buf);
         self.owned.extend_from_slice(bytes);
     }

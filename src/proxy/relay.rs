@@ -140,10 +140,7 @@ pub async fn run(
     let clean = matches!(end, RelayEnd::ClientClosed)
         && ubuf.is_empty()
         && upass == 0
-        && tracker
-            .lock()
-            .map(|t| t.idle() && t.status == b'I')
-            .unwrap_or(false);
+        && tracker.lock().map(|t| t.at_rest()).unwrap_or(false);
     if !clean {
         if let Ok(mut t) = tracker.lock() {
             t.abandon();
@@ -330,8 +327,7 @@ async fn upstream_to_client(
             }
         }
         consumed(buf, scan.consumed, scan.need);
-        let batch = scan.pending;
-        if batch {
+        if scan.pending {
             observer.drain(tracker);
             if stop_when_idle && at_rest(tracker) {
                 return shutting_down(cw).await;
@@ -343,10 +339,7 @@ async fn upstream_to_client(
 /// Whether the session is between transactions with nothing in flight
 /// (a poisoned tracker counts as at rest: nothing more can be learned).
 fn at_rest(tracker: &Mutex<Tracker>) -> bool {
-    tracker
-        .lock()
-        .map(|t| t.idle() && t.status == b'I')
-        .unwrap_or(true)
+    tracker.lock().map(|t| t.at_rest()).unwrap_or(true)
 }
 
 /// Tell the client the proxy is shutting down and end the session.

@@ -66,7 +66,7 @@ pub enum MigrationEnd {
     Failed,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Segment {
     extended: bool,
     open: bool,
@@ -189,10 +189,9 @@ impl Tracker {
     /// is replaced by `error` (the transaction ends rolled back, as when a
     /// COMMIT fails in PostgreSQL).
     pub fn simple_swap(&mut self, error: Bytes) {
-        self.segments.push_back(Segment {
-            swap_complete: Some(error),
-            ..Segment::default()
-        });
+        let mut s = Segment::new(false, false, VecDeque::new());
+        s.swap_complete = Some(error);
+        self.segments.push_back(s);
     }
 
     /// An extended-protocol message that yields one terminal response
@@ -403,6 +402,11 @@ impl Tracker {
     /// Whether every sent request has been answered.
     pub fn idle(&self) -> bool {
         self.segments.is_empty()
+    }
+
+    /// Whether the session is between transactions with nothing in flight.
+    pub fn at_rest(&self) -> bool {
+        self.idle() && self.status == b'I'
     }
 
     /// Requests still awaiting their ReadyForQuery (bounded by what the
