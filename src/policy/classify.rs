@@ -125,29 +125,66 @@ impl Classifier {
     /// Classify every statement of `sql` (cached by exact text, or by
     /// shape when the result cannot depend on a literal).
     pub fn classify(&self, sql: &str) -> Arc<Classified> {
+        let mut key = String::new();
+        if Self::literal_shape(sql, &mut key) {
+            return self.classify_shape(sql, &key).0;
+        }
+        self.classify_verbatim(sql)
+    }
+
+    /// Whether `sql` is best answered by its shape alone, its lexed shape
+    /// key written into `key` (a reused buffer): a text with inline
+    /// literals (no `$n` parameters: the simple protocol, client-side
+    /// interpolation) whose cheap key replaced at least one constant.
+    /// Such a text never repeats verbatim, so the exact cache would only
+    /// churn. Then classify it with [`Classifier::classify_shape`], any
+    /// other text with [`Classifier::classify_verbatim`].
+    pub fn literal_shape(sql: &str, key: &mut String) -> bool {
+        sql.len() <= CACHE_MAX_TEXT
+            && !has_parameters(sql)
+            && super::shape::eligible(sql)
+            && super::shape::lexed_key_into(sql, key)
+            && super::shape::varies(key, sql)
+    }
+
+    /// Classify a text [`Classifier::literal_shape`] accepted, `key` being
+    /// the key it wrote; also says whether the result is held by shape
+    /// (then every text with this key gets this same result, and a session
+    /// may remember it under the key). A result that may depend on a
+    /// literal is kept by exact text instead, as for any other text.
+    pub fn classify_shape(&self, sql: &str, key: &str) -> (Arc<Classified>, bool) {
+        let shapes = &self.shapes[self.shard_of(key)];
+        if let Some(hit) = lock(shapes).get(key) {
+            return (Arc::clone(hit), true);
+        }
+        let exact = &self.cache[self.shard_of(sql)];
+        if let Some(hit) = lock(exact).get(sql) {
+            return (Arc::clone(hit), false);
+        }
+        let fresh = Arc::new(self.classify_uncached(sql));
+        if super::shape::storable(&fresh) {
+            lock(shapes).put(key.to_string(), Arc::clone(&fresh));
+            return (fresh, true);
+        }
+        lock(exact).put(sql.to_string(), Arc::clone(&fresh));
+        (fresh, false)
+    }
+
+    /// Classify a text [`Classifier::literal_shape`] declined: by exact
+    /// text first (parameterized texts of the extended protocol repeat
+    /// verbatim), then by shape.
+    pub fn classify_verbatim(&self, sql: &str) -> Arc<Classified> {
         if sql.len() > CACHE_MAX_TEXT {
             return Arc::new(self.classify_uncached(sql));
-        }
-        // A text with inline literals (no `$n` parameters: the simple
-        // protocol, client-side interpolation) is never kept by exact text
-        // while the shape cache answers it, so its shape is asked first; a
-        // parameterized text repeats verbatim and is asked by exact text.
-        let early = (!has_parameters(sql)).then(|| lexed_shape(sql));
-        if let Some((_, Some(k))) = &early {
-            if super::shape::varies(k, sql) {
-                if let Some(hit) = lock(&self.shapes[self.shard_of(k)]).get(k.as_str()) {
-                    return Arc::clone(hit);
-                }
-            }
         }
         let shard = &self.cache[self.shard_of(sql)];
         if let Some(hit) = lock(shard).get(sql) {
             return Arc::clone(hit);
         }
-        let (eligible, lexed) = early.unwrap_or_else(|| lexed_shape(sql));
+        let (eligible, lexed) = lexed_shape(sql);
         let (fresh, shaped) = self.classify_by_shape(sql, eligible, lexed);
-        // Texts the shape cache answers (say, every pgbench statement with
-        // its own literals) would only churn the exact cache.
+        // Texts the shape cache answers (a `$n` text that also has
+        // literals, say) would only churn the exact cache.
         if !shaped {
             lock(shard).put(sql.to_string(), Arc::clone(&fresh));
         }

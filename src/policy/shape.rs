@@ -36,16 +36,20 @@ use super::{Classified, StatementClass};
 const EXCLUDED: &[&str] = &["set_config", "explain", "copy"];
 
 /// Whether `sql` may be looked up (and stored) by shape: it mentions none
-/// of [`EXCLUDED`] anywhere, in any letter case (one pass, no allocation;
-/// only bytes that can start a word are compared further).
+/// of [`EXCLUDED`] anywhere, in any letter case (one pass, no allocation).
+/// Each pair of adjacent bytes is compared, lowercased, with the first two
+/// letters of the words (`| 0x20` lowercases an ASCII letter and maps no
+/// other byte to one); only where they match is the whole word compared.
 pub fn eligible(sql: &str) -> bool {
+    const SE: u16 = u16::from_le_bytes(*b"se");
+    const EX: u16 = u16::from_le_bytes(*b"ex");
+    const CO: u16 = u16::from_le_bytes(*b"co");
     let b = sql.as_bytes();
-    !(0..b.len()).any(|i| {
-        // `| 0x20` lowercases ASCII letters; only `S`/`s` map to `s`, etc.
-        let word: &[u8] = match b[i] | 0x20 {
-            b's' => EXCLUDED[0].as_bytes(),
-            b'e' => EXCLUDED[1].as_bytes(),
-            b'c' => EXCLUDED[2].as_bytes(),
+    !b.windows(2).enumerate().any(|(i, pair)| {
+        let word: &[u8] = match u16::from_le_bytes([pair[0], pair[1]]) | 0x2020 {
+            SE => EXCLUDED[0].as_bytes(),
+            EX => EXCLUDED[1].as_bytes(),
+            CO => EXCLUDED[2].as_bytes(),
             _ => return false,
         };
         b.get(i..i + word.len())
@@ -123,8 +127,16 @@ fn continued(rest: &[u8]) -> bool {
 /// The lexed shape key of `sql`, or None when the text is outside the
 /// plain-token language (see the module documentation).
 pub fn lexed_key(sql: &str) -> Option<String> {
+    let mut key = String::with_capacity(sql.len() + 1);
+    lexed_key_into(sql, &mut key).then_some(key)
+}
+
+/// [`lexed_key`] written into `key` (cleared first, its allocation
+/// reused): whether the text is in the plain-token language. On `false`
+/// `key` holds a partial key that must not be used.
+pub fn lexed_key_into(sql: &str, key: &mut String) -> bool {
     let b = sql.as_bytes();
-    let mut key = String::with_capacity(b.len() + 1);
+    key.clear();
     key.push('\0');
     let (mut i, mut kept) = (0usize, 0usize);
     while i < b.len() {
@@ -133,21 +145,21 @@ pub fn lexed_key(sql: &str) -> Option<String> {
             b'\'' => {
                 // A prefix (E, U&, B, X, N, a type name) changes the lexing.
                 if i > 0 && (ident_byte(b[i - 1]) || b[i - 1] == b'&') {
-                    return None;
+                    return false;
                 }
                 let mut j = i + 1;
                 loop {
                     match b.get(j) {
-                        None => return None,
+                        None => return false,
                         Some(b'\'') if b.get(j + 1) == Some(&b'\'') => j += 2,
                         Some(b'\'') => break,
                         // An escape if standard_conforming_strings is off.
-                        Some(b'\\') => return None,
+                        Some(b'\\') => return false,
                         Some(_) => j += 1,
                     }
                 }
                 if b.get(j + 1).is_some_and(|&n| ident_byte(n)) || continued(&b[j + 1..]) {
-                    return None;
+                    return false;
                 }
                 key.push_str(&sql[kept..i]);
                 key.push_str(STRING);
@@ -156,27 +168,27 @@ pub fn lexed_key(sql: &str) -> Option<String> {
             }
             b'"' => {
                 if i > 0 && b[i - 1] == b'&' {
-                    return None; // U&"..." (and its UESCAPE)
+                    return false; // U&"..." (and its UESCAPE)
                 }
                 let mut j = i + 1;
                 loop {
                     match b.get(j) {
-                        None => return None,
+                        None => return false,
                         Some(b'"') if b.get(j + 1) == Some(&b'"') => j += 2,
                         Some(b'"') => break,
                         // Kept verbatim: must not look like a marker.
-                        Some(b'$') => return None,
+                        Some(b'$') => return false,
                         Some(_) => j += 1,
                     }
                 }
                 if j == i + 1 {
-                    return None; // zero-length delimited identifier
+                    return false; // zero-length delimited identifier
                 }
                 i = j + 1;
             }
             b'0'..=b'9' => {
                 if i > 0 && b[i - 1] == b'.' {
-                    return None;
+                    return false;
                 }
                 let mut j = i;
                 while b.get(j).is_some_and(u8::is_ascii_digit) {
@@ -185,7 +197,7 @@ pub fn lexed_key(sql: &str) -> Option<String> {
                 if b.get(j) == Some(&b'.') {
                     j += 1;
                     if !b.get(j).is_some_and(u8::is_ascii_digit) {
-                        return None;
+                        return false;
                     }
                     while b.get(j).is_some_and(u8::is_ascii_digit) {
                         j += 1;
@@ -194,7 +206,7 @@ pub fn lexed_key(sql: &str) -> Option<String> {
                 if b.get(j)
                     .is_some_and(|&n| ident_byte(n) || n == b'.' || n == b'\'')
                 {
-                    return None;
+                    return false;
                 }
                 key.push_str(&sql[kept..i]);
                 key.push_str(NUMBER);
@@ -204,7 +216,7 @@ pub fn lexed_key(sql: &str) -> Option<String> {
             b'$' if b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
                 // A parameter ($1): kept verbatim, unlike the markers.
                 if i > 0 && ident_byte(b[i - 1]) {
-                    return None;
+                    return false;
                 }
                 let start = i + 1;
                 i = start;
@@ -216,29 +228,29 @@ pub fn lexed_key(sql: &str) -> Option<String> {
                     || b.get(i)
                         .is_some_and(|&n| ident_byte(n) || n == b'.' || n == b'\'')
                 {
-                    return None;
+                    return false;
                 }
             }
-            b'\\' | b'$' | 0 => return None,
-            b'-' if b.get(i + 1) == Some(&b'-') => return None,
-            b'/' if b.get(i + 1) == Some(&b'*') => return None,
+            b'\\' | b'$' | 0 => return false,
+            b'-' if b.get(i + 1) == Some(&b'-') => return false,
+            b'/' if b.get(i + 1) == Some(&b'*') => return false,
             _ if ident_byte(c) => {
                 // A whole identifier or keyword: digits inside stay.
                 while i < b.len() && ident_byte(b[i]) {
                     if b[i] == b'$' {
-                        return None;
+                        return false;
                     }
                     i += 1;
                 }
                 if b.get(i).is_some_and(|&n| n == b'\'' || n == b'"') {
-                    return None;
+                    return false;
                 }
             }
             _ => i += 1,
         }
     }
     key.push_str(&sql[kept..]);
-    Some(key)
+    true
 }
 
 #[cfg(test)]
@@ -321,6 +333,32 @@ mod tests {
             lexed > 200,
             "most corpus statements have a lexed key ({lexed})"
         );
+    }
+
+    #[test]
+    fn eligibility_excludes_the_words_anywhere_in_any_case() {
+        for sql in [
+            "EXPLAIN SELECT 1",
+            "explain analyze select 1",
+            "SELECT Set_Config('a', 'b', false)",
+            "COPY t TO STDOUT",
+            "select 1 from xcopy",
+            "SELECT 'ExPlAiN'",
+            "SELECT 1; copy",
+        ] {
+            assert!(!super::eligible(sql), "{sql}");
+        }
+        for sql in [
+            "",
+            "s",
+            "SELECT 1",
+            "SELECT cop, expla, set_confi FROM t",
+            "SELECT \u{e9}xplain",
+            "se",
+            "co",
+        ] {
+            assert!(super::eligible(sql), "{sql}");
+        }
     }
 
     #[test]

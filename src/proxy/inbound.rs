@@ -329,8 +329,7 @@ impl<'a> Inbound<'a> {
                     Ok(t) => Arc::from(t),
                     Err(_) => Arc::from(String::from_utf8_lossy(bytes).as_ref()),
                 };
-                let classified = self.rt.classifier.classify(&text);
-                self.recent.put(Arc::clone(&text), Arc::clone(&classified));
+                let classified = self.recent.classify(&text, &self.rt.classifier);
                 (text, classified)
             }
         };

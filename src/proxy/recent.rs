@@ -4,22 +4,34 @@
 //! same query per request, a `BEGIN`, a `COMMIT`). A hit here costs a
 //! length compare and a `memcmp`, where the classifier's shared cache
 //! costs a UTF-8 check, a copy of the text, a hash, a lock and an LRU
-//! update. Owns: that small per-session memory. Must never: outlive the
-//! session's classifier (a reload gives new sessions a new one; this
-//! memory belongs to one session and one classifier).
+//! update. Texts with inline literals (the simple protocol) never repeat
+//! verbatim: they are remembered by their shape key instead (the same key
+//! the classifier's shape cache uses), so a session repeating one
+//! statement with new values pays the key, not the shared lookup.
+//! Owns: that small per-session memory. Must never: outlive the session's
+//! classifier (a reload gives new sessions a new one; this memory belongs
+//! to one session and one classifier), or remember under a shape key a
+//! result the classifier does not share by shape.
 
 use std::sync::Arc;
 
-use crate::policy::Classified;
+use crate::policy::{Classified, Classifier};
 
-/// How many texts a session remembers.
+/// How many texts, and how many shape keys, a session remembers.
 const SLOTS: usize = 8;
+/// Longest shape key a session keeps (longer ones ask the shared cache).
+const MAX_SHAPE_KEY: usize = 1024;
 
-/// A session's recently classified texts (round-robin replacement).
+/// A session's recently classified texts and shapes (round-robin
+/// replacement).
 #[derive(Default)]
 pub struct Recent {
     slots: [Option<(Arc<str>, Arc<Classified>)>; SLOTS],
     next: usize,
+    shapes: [Option<(Box<str>, Arc<Classified>)>; SLOTS],
+    next_shape: usize,
+    /// The shape key of the text being classified (allocation reused).
+    key: String,
 }
 
 impl Recent {
@@ -35,6 +47,34 @@ impl Recent {
     pub fn put(&mut self, text: Arc<str>, classified: Arc<Classified>) {
         self.slots[self.next] = Some((text, classified));
         self.next = (self.next + 1) % SLOTS;
+    }
+
+    /// Classify a text [`Recent::get`] did not find, and remember it: a
+    /// text with inline literals under its shape key when the classifier
+    /// shares its result by shape, any other text verbatim.
+    pub fn classify(&mut self, text: &Arc<str>, classifier: &Classifier) -> Arc<Classified> {
+        if !Classifier::literal_shape(text, &mut self.key) {
+            let c = classifier.classify_verbatim(text);
+            self.put(Arc::clone(text), Arc::clone(&c));
+            return c;
+        }
+        let key = self.key.as_str();
+        if let Some(c) = self
+            .shapes
+            .iter()
+            .flatten()
+            .find_map(|(k, c)| (**k == *key).then_some(c))
+        {
+            return Arc::clone(c);
+        }
+        let (c, by_shape) = classifier.classify_shape(text, key);
+        if !by_shape {
+            self.put(Arc::clone(text), Arc::clone(&c));
+        } else if key.len() <= MAX_SHAPE_KEY {
+            self.shapes[self.next_shape] = Some((Box::from(key), Arc::clone(&c)));
+            self.next_shape = (self.next_shape + 1) % SLOTS;
+        }
+        c
     }
 }
 
@@ -59,5 +99,44 @@ mod tests {
         assert!(r.get(b"SELECT 0").is_none(), "oldest replaced");
         assert!(r.get(b"SELECT 1").is_some());
         assert_eq!(r.get(b"SELECT x").map(|(t, _)| &**t), Some("SELECT x"));
+    }
+
+    fn shapes_held(r: &Recent) -> usize {
+        r.shapes.iter().flatten().count()
+    }
+
+    #[test]
+    fn literal_texts_are_remembered_by_shape_and_answer_like_the_classifier() {
+        let classifier = Classifier::new(&Default::default());
+        let mut r = Recent::default();
+        let classify = |r: &mut Recent, sql: &str| {
+            let c = r.classify(&Arc::from(sql), &classifier);
+            let full = classifier.classify_uncached(sql);
+            assert_eq!(c.statements, full.statements, "{sql}");
+            c
+        };
+        let a = classify(&mut r, "UPDATE t SET v = v + 5 WHERE id = 1");
+        let b = classify(&mut r, "UPDATE t SET v = v + 9 WHERE id = 2");
+        assert!(Arc::ptr_eq(&a, &b), "one result per shape");
+        assert_eq!(shapes_held(&r), 1);
+        assert!(
+            r.get(b"UPDATE t SET v = v + 5 WHERE id = 1").is_none(),
+            "literal texts are not kept verbatim"
+        );
+        // Results that may depend on a literal are never kept by shape.
+        classify(&mut r, "SET default_transaction_read_only = on");
+        let off = classify(&mut r, "SET default_transaction_read_only = off");
+        assert!(off.statements[0].makes_writable, "the value decides");
+        assert_eq!(shapes_held(&r), 1);
+        assert!(r.get(b"SET default_transaction_read_only = off").is_some());
+        // Texts without literals are kept verbatim.
+        classify(&mut r, "BEGIN");
+        assert!(r.get(b"BEGIN").is_some());
+        // Eight shapes at most, the oldest replaced.
+        for i in 0..SLOTS {
+            classify(&mut r, &format!("SELECT c{i} FROM t WHERE id = 7"));
+        }
+        assert_eq!(shapes_held(&r), SLOTS);
+        assert!(!r.shapes.iter().flatten().any(|(k, _)| k.contains("UPDATE")));
     }
 }
