@@ -2,8 +2,9 @@
 //!
 //! Data flows one way: `listener` accepts → `session` runs the phases
 //! (startup, `client_auth`, `admission`, `upstream`) → `relay` moves
-//! messages, with `inbound` deciding on the way in (`recent` remembering
-//! the session's last texts), `tracker` keeping responses in order,
+//! messages both ways in one task (`race` polling only the direction that
+//! was woken), with `inbound` deciding on the way in (`recent` remembering
+//! the session's last texts and shapes), `tracker` keeping responses in order,
 //! `outgoing` planning what each write sends, `signal` carrying kill and
 //! drain requests and `observe_hooks` recording what happened.
 
@@ -17,6 +18,7 @@ pub mod names;
 pub mod observe_hooks;
 pub mod outgoing;
 pub mod pool;
+pub mod race;
 pub mod recent;
 pub mod relay;
 pub mod session;

@@ -19,6 +19,7 @@ use super::admission::Admitted;
 use super::inbound::Inbound;
 use super::observe_hooks::Observer;
 use super::outgoing::{Msg, Outgoing};
+use super::race::race;
 use super::signal::{SessionSignal, Stop};
 use super::stream::{
     ClientReader, ClientStream, ClientWriter, UpstreamReader, UpstreamStream, UpstreamWriter,
@@ -123,10 +124,10 @@ pub async fn run(
         }
         end
     };
-    let end = tokio::select! {
-        e = client_side => e,
-        e = upstream_to_client(&mut ur, &mut cw, &mut ubuf, &mut upass, &tracker, &observer, &signal, &reason) => e,
-    };
+    let upstream_side = upstream_to_client(
+        &mut ur, &mut cw, &mut ubuf, &mut upass, &tracker, &observer, &signal, &reason,
+    );
+    let end = race(std::pin::pin!(client_side), std::pin::pin!(upstream_side)).await;
     let end = match end {
         RelayEnd::Killed(why) if why.starts_with(PROTOCOL_PREFIX) => {
             RelayEnd::Protocol(why[PROTOCOL_PREFIX.len()..].to_string())
