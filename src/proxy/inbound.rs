@@ -7,11 +7,13 @@
 //! client (denials travel through the tracker, in order).
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
+use tokio::time::Sleep;
 
 use super::admission::Admitted;
 use super::gatekeeper::{self, TxView};
@@ -72,6 +74,8 @@ pub struct Inbound<'a> {
     snap: Result<Snapshot, String>,
     /// The transaction as the client has shaped it (for the gate).
     tx: TxView,
+    /// The idle-in-transaction check's timer, one per session.
+    idle_timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<'a> Inbound<'a> {
@@ -100,6 +104,7 @@ impl<'a> Inbound<'a> {
                 .filter(|_| adm.migrations_role || adm.login.level == Level::Migrate),
             snap: Err("not read yet".into()),
             tx: TxView::default(),
+            idle_timer: None,
         }
     }
 
@@ -198,8 +203,24 @@ impl<'a> Inbound<'a> {
                 std::future::pending::<()>().await;
                 return Err(RelayEnd::Killed("idle in transaction".into()));
             }
-            if let Ok(r) = tokio::time::timeout(tick, cr.read_buf(buf)).await {
-                return r.map_err(failed);
+            // One timer per session, pushed back before every wait: a
+            // later deadline only updates the registered entry (the timer
+            // wheel is touched when the old deadline passes), where a new
+            // timeout per read would register and remove one every time.
+            let deadline = tokio::time::Instant::now() + tick;
+            let timer = match &mut self.idle_timer {
+                Some(t) => {
+                    t.as_mut().reset(deadline);
+                    t
+                }
+                None => self
+                    .idle_timer
+                    .insert(Box::pin(tokio::time::sleep_until(deadline))),
+            };
+            tokio::select! {
+                biased;
+                r = cr.read_buf(buf) => return r.map_err(failed),
+                () = timer.as_mut() => {}
             }
         }
     }
