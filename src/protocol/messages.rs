@@ -11,6 +11,10 @@
 pub struct Malformed(pub &'static str);
 
 fn cstr<'a>(buf: &'a [u8], what: &'static str) -> Result<(&'a [u8], &'a [u8]), Malformed> {
+    // The unnamed statement and portal (what most drivers use) are empty.
+    if buf.first() == Some(&0) {
+        return Ok((&buf[..0], &buf[1..]));
+    }
     let end = memchr::memchr(0, buf).ok_or(Malformed(what))?;
     Ok((&buf[..end], &buf[end + 1..]))
 }

@@ -230,35 +230,30 @@ impl<'a> Inbound<'a> {
         &mut self,
         m: &Msg<'_>,
         out: &mut Outgoing,
-        tracker: &Mutex<Tracker>,
+        t: &mut Tracker,
     ) -> Result<bool, RelayEnd> {
-        let mut t = match tracker.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
         let bad = |e: messages::Malformed| RelayEnd::Protocol(e.to_string());
         match m.tag {
             b'Q' => {
                 let text = messages::query_text(m.body()).map_err(bad)?;
-                self.query(m, text, out, &mut t);
+                self.query(m, text, out, t);
             }
             b'P' => {
                 let (name, text) = messages::parse_msg(m.body()).map_err(bad)?;
                 if !t.skipping() {
-                    self.parse(m, name, text, out, &mut t);
+                    self.parse(m, name, text, out, t);
                 }
             }
             b'B' => {
                 let (portal, name) = messages::bind_msg(m.body()).map_err(bad)?;
                 if !t.skipping() {
-                    self.bind(m, portal, name, out, &mut t);
+                    self.bind(m, portal, name, out, t);
                 }
             }
             b'E' => {
                 let portal = messages::execute_msg(m.body()).map_err(bad)?;
                 if !t.skipping() {
-                    let known = self.portals.get(portal).cloned();
-                    t.extended(known.map(|k| self.inflight(&k)));
+                    t.extended(self.portals.get(portal).map(|k| self.inflight(k)));
                     out.forward_msg(m);
                 }
             }

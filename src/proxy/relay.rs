@@ -181,45 +181,11 @@ async fn client_to_upstream(
         if inbound.gated() {
             inbound.refresh_gate(&buf).await;
         }
-        // Messages are looked at in place; `pos` is where the next starts.
-        let mut pos = 0usize;
-        let mut need = 0usize;
-        let mut open = true;
-        while pos < buf.len() {
-            let rest = buf.len() - pos;
-            if passthrough > 0 {
-                let n = passthrough.min(rest);
-                out.forward(&buf, pos..pos + n);
-                passthrough -= n;
-                pos += n;
-                continue;
-            }
-            let (tag, total) = match frame::peek_header(&buf[pos..]) {
-                Ok(Some(h)) => h,
-                Ok(None) => break,
-                Err(e) => return RelayEnd::Protocol(e.to_string()),
-            };
-            if tag == b'd' && total > rest {
-                // Large CopyData: stream it.
-                passthrough = total - rest;
-                out.forward(&buf, pos..buf.len());
-                pos = buf.len();
-                break;
-            }
-            if total > rest {
-                need = total;
-                break;
-            }
-            let m = Msg::new(tag, &buf, pos, pos + total);
-            match inbound.handle(&m, &mut out, tracker) {
-                Ok(true) => pos += total,
-                Ok(false) => {
-                    open = false;
-                    break;
-                }
+        let (pos, need, open) =
+            match scan_client(&buf, &mut out, &mut passthrough, tracker, inbound) {
+                Ok(s) => s,
                 Err(e) => return e,
-            }
-        }
+            };
         if !out.is_empty() {
             // flush: a TLS stream may hold encrypted records back otherwise
             let sent = write_flush(uw, out.pending(&buf)).await;
@@ -233,6 +199,53 @@ async fn client_to_upstream(
         }
         consumed(&mut buf, pos, need);
     }
+}
+
+/// Handle the complete (or streamable) client messages in `buf`, planning
+/// in `out` what to send upstream: (bytes handled, size of a message that
+/// has only begun, whether the client is still there). The tracker is
+/// locked once for the batch; this never waits.
+fn scan_client(
+    buf: &[u8],
+    out: &mut Outgoing,
+    passthrough: &mut usize,
+    tracker: &Mutex<Tracker>,
+    inbound: &mut Inbound<'_>,
+) -> Result<(usize, usize, bool), RelayEnd> {
+    // Messages are looked at in place; `pos` is where the next starts.
+    let mut pos = 0usize;
+    let mut guard: Option<std::sync::MutexGuard<'_, Tracker>> = None;
+    while pos < buf.len() {
+        let rest = buf.len() - pos;
+        if *passthrough > 0 {
+            let n = (*passthrough).min(rest);
+            out.forward(buf, pos..pos + n);
+            *passthrough -= n;
+            pos += n;
+            continue;
+        }
+        let Some((tag, total)) =
+            frame::peek_header(&buf[pos..]).map_err(|e| RelayEnd::Protocol(e.to_string()))?
+        else {
+            break;
+        };
+        if tag == b'd' && total > rest {
+            // Large CopyData: stream it.
+            *passthrough = total - rest;
+            out.forward(buf, pos..buf.len());
+            return Ok((buf.len(), 0, true));
+        }
+        if total > rest {
+            return Ok((pos, total, true));
+        }
+        let m = Msg::new(tag, buf, pos, pos + total);
+        let t = guard.get_or_insert_with(|| lock(tracker));
+        if !inbound.handle(&m, out, t)? {
+            return Ok((pos, 0, false));
+        }
+        pos += total;
+    }
+    Ok((pos, 0, true))
 }
 
 /// Drop the first `pos` bytes of a read buffer; make room for a message of
@@ -337,6 +350,11 @@ async fn upstream_to_client(
     }
 }
 
+/// The session's tracker, even if a panic elsewhere poisoned its lock.
+fn lock(tracker: &Mutex<Tracker>) -> std::sync::MutexGuard<'_, Tracker> {
+    tracker.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Whether the session is between transactions with nothing in flight
 /// (a poisoned tracker counts as at rest: nothing more can be learned).
 fn at_rest(tracker: &Mutex<Tracker>) -> bool {
@@ -403,13 +421,7 @@ pub fn scan_backend(
             break;
         }
         let m = Msg::new(tag, buf, pos, pos + total);
-        let t = match guard.as_mut() {
-            Some(g) => g,
-            None => match tracker.lock() {
-                Ok(g) => guard.insert(g),
-                Err(p) => guard.insert(p.into_inner()),
-            },
-        };
+        let t = guard.get_or_insert_with(|| lock(tracker));
         match t.on_backend(tag, m.body(), *now.get_or_insert_with(Instant::now)) {
             Action::Forward => out.forward_msg(&m),
             Action::Replace(b) => out.replace(&m, &b),
