@@ -5,7 +5,8 @@
 //! unique (a trailing comment with a counter) so the cache never hits; "hit"
 //! repeats the corpus texts through a warm cache. "literals" is the
 //! simple-protocol case: pgbench's TPC-B statements with fresh literal
-//! values every time, answered by the shape cache; "shape_key" compares the
+//! values every time, answered by the shape cache ("session_memo": through
+//! a session's memory of its last shape keys, as the proxy does); "shape_key" compares the
 //! two ways of computing that cache's key (the lexed key and PostgreSQL's
 //! normalize).
 
@@ -68,6 +69,20 @@ fn bench_classify(c: &mut Criterion) {
             i += 1;
             for sql in tpcb(i) {
                 black_box(warm.classify(black_box(&sql)));
+            }
+        })
+    });
+    // The same texts through a session's memory (proxy::recent): the
+    // shape key is compared with the session's last keys before the
+    // shared cache is asked (the proxy's path for every Query it reads).
+    let mut recent = tierwarden::proxy::recent::Recent::default();
+    let mut j: u64 = 0;
+    group.bench_function("session_memo_tpcb_5_statements", |b| {
+        b.iter(|| {
+            j += 1;
+            for sql in tpcb(j) {
+                let text: std::sync::Arc<str> = sql.into();
+                black_box(recent.classify(black_box(&text), &warm));
             }
         })
     });

@@ -147,6 +147,14 @@ impl Classifier {
             && super::shape::varies(key, sql)
     }
 
+    /// Whether `sql` is answered by shape with key `key` (a key
+    /// [`Classifier::literal_shape`] wrote for another text): what
+    /// `literal_shape` would say and write for `sql`, checked along `key`
+    /// without building a key (see `shape_match`).
+    pub fn fits_shape(sql: &str, key: &str) -> bool {
+        sql.len() <= CACHE_MAX_TEXT && super::shape_match::fits(sql, key)
+    }
+
     /// Classify a text [`Classifier::literal_shape`] accepted, `key` being
     /// the key it wrote; also says whether the result is held by shape
     /// (then every text with this key gets this same result, and a session

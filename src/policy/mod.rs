@@ -23,6 +23,7 @@ pub mod functions;
 mod kinds;
 mod settings;
 pub mod shape;
+mod shape_match;
 mod walk;
 
 #[cfg(test)]

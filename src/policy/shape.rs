@@ -33,7 +33,7 @@
 use super::{Classified, StatementClass};
 
 /// Words whose presence anywhere in the text keeps it out of the shape cache.
-const EXCLUDED: &[&str] = &["set_config", "explain", "copy"];
+pub(super) const EXCLUDED: &[&str] = &["set_config", "explain", "copy"];
 
 /// Whether `sql` may be looked up (and stored) by shape: it mentions none
 /// of [`EXCLUDED`] anywhere, in any letter case (one pass, no allocation).
@@ -92,9 +92,9 @@ pub fn varies(key: &str, sql: &str) -> bool {
 }
 
 /// Marker of a numeric constant in a lexed key.
-const NUMBER: &str = "$n";
+pub(super) const NUMBER: &str = "$n";
 /// Marker of a string constant in a lexed key.
-const STRING: &str = "$s";
+pub(super) const STRING: &str = "$s";
 
 /// Identifier bytes (PostgreSQL: letters, digits, `_`, `$`, any byte ≥ 0x80),
 /// by table: the lexer asks this for nearly every byte of a text.
@@ -110,13 +110,13 @@ const IDENT: [bool; 256] = {
 };
 
 #[inline]
-fn ident_byte(c: u8) -> bool {
+pub(super) fn ident_byte(c: u8) -> bool {
     IDENT[c as usize]
 }
 
 /// Whether a string literal ending just before `rest` is continued by
 /// another (`'a'` newline `'b'` is one constant for PostgreSQL).
-fn continued(rest: &[u8]) -> bool {
+pub(super) fn continued(rest: &[u8]) -> bool {
     let ws = rest
         .iter()
         .take_while(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c'))

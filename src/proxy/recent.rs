@@ -17,8 +17,13 @@ use std::sync::Arc;
 
 use crate::policy::{Classified, Classifier};
 
-/// How many texts, and how many shape keys, a session remembers.
+/// How many texts a session remembers.
 const SLOTS: usize = 8;
+/// How many shape keys a session remembers: a transaction's statements
+/// should fit (pgbench's TPC-B script alone has nine shapes: a negative
+/// value keeps its sign outside the constant), since replacement is
+/// round-robin and a cycle longer than the slots would always miss.
+const SHAPE_SLOTS: usize = 16;
 /// Longest shape key a session keeps (longer ones ask the shared cache).
 const MAX_SHAPE_KEY: usize = 1024;
 
@@ -28,7 +33,7 @@ const MAX_SHAPE_KEY: usize = 1024;
 pub struct Recent {
     slots: [Option<(Arc<str>, Arc<Classified>)>; SLOTS],
     next: usize,
-    shapes: [Option<(Box<str>, Arc<Classified>)>; SLOTS],
+    shapes: [Option<(Box<str>, Arc<Classified>)>; SHAPE_SLOTS],
     next_shape: usize,
     /// The shape key of the text being classified (allocation reused).
     key: String,
@@ -53,6 +58,21 @@ impl Recent {
     /// text with inline literals under its shape key when the classifier
     /// shares its result by shape, any other text verbatim.
     pub fn classify(&mut self, text: &Arc<str>, classifier: &Classifier) -> Arc<Classified> {
+        // New values in a remembered shape: checked along its key, without
+        // lexing a key of its own.
+        let fit = self
+            .shapes
+            .iter()
+            .flatten()
+            .find(|(k, _)| Classifier::fits_shape(text, k));
+        if let Some((key, c)) = fit {
+            debug_assert!(
+                Classifier::literal_shape(text, &mut self.key) && *self.key == **key,
+                "{text:?} fits {key:?} but its own key is {:?}",
+                self.key
+            );
+            return Arc::clone(c);
+        }
         if !Classifier::literal_shape(text, &mut self.key) {
             let c = classifier.classify_verbatim(text);
             self.put(Arc::clone(text), Arc::clone(&c));
@@ -72,7 +92,7 @@ impl Recent {
             self.put(Arc::clone(text), Arc::clone(&c));
         } else if key.len() <= MAX_SHAPE_KEY {
             self.shapes[self.next_shape] = Some((Box::from(key), Arc::clone(&c)));
-            self.next_shape = (self.next_shape + 1) % SLOTS;
+            self.next_shape = (self.next_shape + 1) % SHAPE_SLOTS;
         }
         c
     }
@@ -132,11 +152,11 @@ mod tests {
         // Texts without literals are kept verbatim.
         classify(&mut r, "BEGIN");
         assert!(r.get(b"BEGIN").is_some());
-        // Eight shapes at most, the oldest replaced.
-        for i in 0..SLOTS {
+        // SHAPE_SLOTS shapes at most, the oldest replaced.
+        for i in 0..SHAPE_SLOTS {
             classify(&mut r, &format!("SELECT c{i} FROM t WHERE id = 7"));
         }
-        assert_eq!(shapes_held(&r), SLOTS);
+        assert_eq!(shapes_held(&r), SHAPE_SLOTS);
         assert!(!r.shapes.iter().flatten().any(|(k, _)| k.contains("UPDATE")));
     }
 }
