@@ -310,6 +310,8 @@ PGBENCH_VERSION=$(pgbench --version)
 CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
 MEM_TOTAL=$(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)
 KERNEL=$(uname -r)
-export PG_VERSION PGB_VERSION PGBENCH_VERSION CPU_MODEL MEM_TOTAL KERNEL
+# Scheduler autogroups decide who shares the CPU with whom (docs/benchmarks.md).
+AUTOGROUP=$(cat /proc/sys/kernel/sched_autogroup_enabled 2>/dev/null || echo unknown)
+export PG_VERSION PGB_VERSION PGBENCH_VERSION CPU_MODEL MEM_TOTAL KERNEL AUTOGROUP
 python3 "$ROOT/scripts/bench_report.py" | tee ${OUT:+"$OUT"}
 log "done in ${ELAPSED}s; logs in $LOGDIR"

@@ -110,6 +110,9 @@ print()
 print(f"- machine: {env('NPROC')} CPUs ({env('CPU_MODEL')}), {env('MEM_TOTAL')} RAM, "
       f"Linux {env('KERNEL')}; everything (pgbench, PostgreSQL, proxies) on this machine, "
       "over 127.0.0.1")
+autogroup = {"1": "on", "0": "off"}.get(env("AUTOGROUP"), "unknown")
+print(f"- scheduler autogroups: {autogroup} (pgbench and both proxies run in this script's "
+      "session, PostgreSQL in its own: see docs/benchmarks.md)")
 print(f"- {env('PG_VERSION')}; {env('PGB_VERSION')}; {env('PGBENCH_VERSION')}; "
       f"tierwarden {env('COMMIT')} (release build)")
 print(f"- pgbench scale {env('SCALE')}, {env('ROUNDS')} rounds of {env('T')} s per target and "
