@@ -137,6 +137,7 @@ pub fn lexed_key(sql: &str) -> Option<String> {
 pub fn lexed_key_into(sql: &str, key: &mut String) -> bool {
     let b = sql.as_bytes();
     key.clear();
+    key.reserve(b.len() + 1);
     key.push('\0');
     let (mut i, mut kept) = (0usize, 0usize);
     while i < b.len() {
