@@ -201,6 +201,15 @@ async fn client_to_upstream(
     }
 }
 
+/// Forward the next part of a message that streams through (`passthrough`
+/// bytes of it still to come) from `buf[pos..]`; how many bytes that was.
+fn stream_rest(buf: &[u8], pos: usize, out: &mut Outgoing, passthrough: &mut usize) -> usize {
+    let n = (*passthrough).min(buf.len() - pos);
+    out.forward(buf, pos..pos + n);
+    *passthrough -= n;
+    n
+}
+
 /// Handle the complete (or streamable) client messages in `buf`, planning
 /// in `out` what to send upstream: (bytes handled, size of a message that
 /// has only begun, whether the client is still there). The tracker is
@@ -216,14 +225,11 @@ fn scan_client(
     let mut pos = 0usize;
     let mut guard: Option<std::sync::MutexGuard<'_, Tracker>> = None;
     while pos < buf.len() {
-        let rest = buf.len() - pos;
         if *passthrough > 0 {
-            let n = (*passthrough).min(rest);
-            out.forward(buf, pos..pos + n);
-            *passthrough -= n;
-            pos += n;
+            pos += stream_rest(buf, pos, out, passthrough);
             continue;
         }
+        let rest = buf.len() - pos;
         let Some((tag, total)) =
             frame::peek_header(&buf[pos..]).map_err(|e| RelayEnd::Protocol(e.to_string()))?
         else {
@@ -398,14 +404,11 @@ pub fn scan_backend(
     let mut now: Option<Instant> = None;
     let (mut pos, mut need, mut pending) = (0usize, 0usize, false);
     while pos < buf.len() {
-        let rest = buf.len() - pos;
         if *passthrough > 0 {
-            let n = (*passthrough).min(rest);
-            out.forward(buf, pos..pos + n);
-            *passthrough -= n;
-            pos += n;
+            pos += stream_rest(buf, pos, out, passthrough);
             continue;
         }
+        let rest = buf.len() - pos;
         let Some((tag, total)) = frame::peek_header(&buf[pos..])? else {
             break;
         };
