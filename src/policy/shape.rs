@@ -116,12 +116,66 @@ pub(super) fn ident_byte(c: u8) -> bool {
 
 /// Whether a string literal ending just before `rest` is continued by
 /// another (`'a'` newline `'b'` is one constant for PostgreSQL).
-pub(super) fn continued(rest: &[u8]) -> bool {
+fn continued(rest: &[u8]) -> bool {
     let ws = rest
         .iter()
         .take_while(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c'))
         .count();
     rest.get(ws) == Some(&b'\'') && rest[..ws].iter().any(|c| matches!(c, b'\n' | b'\r'))
+}
+
+/// The end of the plain string constant whose opening quote is `b[i]`, or
+/// None where PostgreSQL could read it differently (a prefix, a backslash,
+/// no closing quote, an identifier or a continuation right after it).
+pub(super) fn string_end(b: &[u8], i: usize) -> Option<usize> {
+    // A prefix (E, U&, B, X, N, a type name) changes the lexing.
+    if i > 0 && (ident_byte(b[i - 1]) || b[i - 1] == b'&') {
+        return None;
+    }
+    let mut j = i + 1;
+    loop {
+        match b.get(j) {
+            None => return None,
+            Some(b'\'') if b.get(j + 1) == Some(&b'\'') => j += 2,
+            Some(b'\'') => break,
+            // An escape if standard_conforming_strings is off.
+            Some(b'\\') => return None,
+            Some(_) => j += 1,
+        }
+    }
+    if b.get(j + 1).is_some_and(|&n| ident_byte(n)) || continued(&b[j + 1..]) {
+        return None;
+    }
+    Some(j + 1)
+}
+
+/// The end of the unsigned decimal constant whose first digit is `b[i]`
+/// (at the start of a token), or None where PostgreSQL could read it
+/// differently (after a `.`, a `.` without digits, an exponent, a letter,
+/// `_`, `.` or a quote right after it).
+pub(super) fn number_end(b: &[u8], i: usize) -> Option<usize> {
+    if i > 0 && b[i - 1] == b'.' {
+        return None;
+    }
+    let digits = |mut j: usize| {
+        while b.get(j).is_some_and(u8::is_ascii_digit) {
+            j += 1;
+        }
+        j
+    };
+    let mut j = digits(i);
+    if b.get(j) == Some(&b'.') {
+        if !b.get(j + 1).is_some_and(u8::is_ascii_digit) {
+            return None;
+        }
+        j = digits(j + 1);
+    }
+    if b.get(j)
+        .is_some_and(|&n| ident_byte(n) || n == b'.' || n == b'\'')
+    {
+        return None;
+    }
+    Some(j)
 }
 
 /// The lexed shape key of `sql`, or None when the text is outside the
@@ -144,27 +198,12 @@ pub fn lexed_key_into(sql: &str, key: &mut String) -> bool {
         let c = b[i];
         match c {
             b'\'' => {
-                // A prefix (E, U&, B, X, N, a type name) changes the lexing.
-                if i > 0 && (ident_byte(b[i - 1]) || b[i - 1] == b'&') {
+                let Some(end) = string_end(b, i) else {
                     return false;
-                }
-                let mut j = i + 1;
-                loop {
-                    match b.get(j) {
-                        None => return false,
-                        Some(b'\'') if b.get(j + 1) == Some(&b'\'') => j += 2,
-                        Some(b'\'') => break,
-                        // An escape if standard_conforming_strings is off.
-                        Some(b'\\') => return false,
-                        Some(_) => j += 1,
-                    }
-                }
-                if b.get(j + 1).is_some_and(|&n| ident_byte(n)) || continued(&b[j + 1..]) {
-                    return false;
-                }
+                };
                 key.push_str(&sql[kept..i]);
                 key.push_str(STRING);
-                i = j + 1;
+                i = end;
                 kept = i;
             }
             b'"' => {
@@ -188,30 +227,12 @@ pub fn lexed_key_into(sql: &str, key: &mut String) -> bool {
                 i = j + 1;
             }
             b'0'..=b'9' => {
-                if i > 0 && b[i - 1] == b'.' {
+                let Some(end) = number_end(b, i) else {
                     return false;
-                }
-                let mut j = i;
-                while b.get(j).is_some_and(u8::is_ascii_digit) {
-                    j += 1;
-                }
-                if b.get(j) == Some(&b'.') {
-                    j += 1;
-                    if !b.get(j).is_some_and(u8::is_ascii_digit) {
-                        return false;
-                    }
-                    while b.get(j).is_some_and(u8::is_ascii_digit) {
-                        j += 1;
-                    }
-                }
-                if b.get(j)
-                    .is_some_and(|&n| ident_byte(n) || n == b'.' || n == b'\'')
-                {
-                    return false;
-                }
+                };
                 key.push_str(&sql[kept..i]);
                 key.push_str(NUMBER);
-                i = j;
+                i = end;
                 kept = i;
             }
             b'$' if b.get(i + 1).is_some_and(u8::is_ascii_digit) => {

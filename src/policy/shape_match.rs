@@ -5,9 +5,9 @@
 //! a new key only to find it equal to one it already has. Here the text is
 //! walked along the remembered key: the key's kept bytes must be the text's
 //! bytes, and at each constant marker the text must hold one constant token
-//! of that kind, read with exactly the rules `shape::lexed_key` applies
-//! (the checks on the bytes before and after it are implied by those bytes
-//! being the remembered text's, and repeated anyway). Inside a new string
+//! of that kind, read by the same functions `shape::lexed_key` reads it
+//! with (their checks on the bytes before and after it are implied by
+//! those bytes being the remembered text's, and made anyway). Inside a new string
 //! constant, the words that keep a text out of the shape cache and `$n`
 //! parameter references are refused; the kept bytes are the remembered
 //! text's, which had neither.
@@ -16,7 +16,7 @@
 //! from the key, or that `Classifier::literal_shape` would decline (tests
 //! below and a debug assertion at the caller hold it to that).
 
-use super::shape::{continued, eligible, ident_byte, NUMBER, STRING};
+use super::shape::{eligible, ident_byte, number_end, string_end, NUMBER, STRING};
 
 /// Whether `sql`'s lexed shape key is `key` (a key `lexed_key` produced
 /// for a text with at least one constant and no `$n` parameter), and
@@ -59,33 +59,11 @@ pub fn fits(sql: &str, key: &str) -> bool {
 
 /// The end of the numeric constant `lexed_key` reads at `i`, if it reads one.
 fn number(b: &[u8], i: usize) -> Option<usize> {
-    if !b.get(i).is_some_and(u8::is_ascii_digit) {
+    // After an identifier byte the digits are part of the identifier.
+    if !b.get(i).is_some_and(u8::is_ascii_digit) || (i > 0 && ident_byte(b[i - 1])) {
         return None;
     }
-    // After `.` the digits belong to another token; after an identifier
-    // byte they are part of the identifier.
-    if i > 0 && (b[i - 1] == b'.' || ident_byte(b[i - 1])) {
-        return None;
-    }
-    let digits = |mut j: usize| {
-        while b.get(j).is_some_and(u8::is_ascii_digit) {
-            j += 1;
-        }
-        j
-    };
-    let mut j = digits(i);
-    if b.get(j) == Some(&b'.') {
-        if !b.get(j + 1).is_some_and(u8::is_ascii_digit) {
-            return None;
-        }
-        j = digits(j + 1);
-    }
-    if b.get(j)
-        .is_some_and(|&n| ident_byte(n) || n == b'.' || n == b'\'')
-    {
-        return None;
-    }
-    Some(j)
+    number_end(b, i)
 }
 
 /// The end of the plain string constant `lexed_key` reads at `i`, if it
@@ -95,28 +73,14 @@ fn string(sql: &str, i: usize) -> Option<usize> {
     if b.get(i) != Some(&b'\'') {
         return None;
     }
-    if i > 0 && (ident_byte(b[i - 1]) || b[i - 1] == b'&') {
-        return None;
-    }
-    let mut j = i + 1;
-    loop {
-        match b.get(j) {
-            None | Some(b'\\') => return None,
-            Some(b'\'') if b.get(j + 1) == Some(&b'\'') => j += 2,
-            Some(b'\'') => break,
-            Some(_) => j += 1,
-        }
-    }
-    if b.get(j + 1).is_some_and(|&n| ident_byte(n)) || continued(&b[j + 1..]) {
-        return None;
-    }
-    let contents = &b[i + 1..j];
+    let end = string_end(b, i)?;
+    let contents = &b[i + 1..end - 1];
     let parameter = memchr::memchr_iter(b'$', contents)
         .any(|p| contents.get(p + 1).is_some_and(u8::is_ascii_digit));
-    if parameter || !eligible(&sql[i + 1..j]) {
+    if parameter || !eligible(&sql[i + 1..end - 1]) {
         return None;
     }
-    Some(j + 1)
+    Some(end)
 }
 
 #[cfg(test)]
