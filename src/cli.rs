@@ -207,16 +207,22 @@ fn runtime<F: std::future::Future<Output = i32>>(f: F) -> i32 {
 }
 
 /// Run `f` on a runtime with `threads` worker threads (the session threads
-/// of `serve` and `quickstart`).
+/// of `serve` and `quickstart`). The runtime has no time driver: every
+/// deadline lives on the timer thread (`crate::timers`), so parking a
+/// worker between two messages costs no clock read and no timer-wheel walk.
 fn runtime_with<F: std::future::Future<Output = i32>>(threads: usize, f: F) -> i32 {
+    if let Err(e) = crate::timers::start() {
+        eprintln!("tierwarden: cannot start the timer thread: {e}");
+        return 1;
+    }
     let built = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
-            .enable_all()
+            .enable_io()
             .build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
-            .enable_all()
+            .enable_io()
             .build()
     };
     match built {

@@ -30,3 +30,4 @@ pub mod proxy;
 pub mod quickstart;
 pub mod serve;
 pub mod shared;
+pub mod timers;

@@ -44,8 +44,18 @@ impl std::fmt::Display for MarkerError {
 }
 
 /// Connect with the environment's first login (honouring its upstream
-/// `sslmode`) and check the marker.
+/// `sslmode`) and check the marker, within 10 seconds.
 pub async fn check_marker(env: &EnvRuntime) -> Result<(), MarkerError> {
+    match crate::timers::timeout(std::time::Duration::from_secs(10), read_marker(env)).await {
+        Ok(r) => r,
+        Err(_) => Err(MarkerError::Unreachable(format!(
+            "environment {}: cannot read the identity marker: no answer within 10 s",
+            env.name
+        ))),
+    }
+}
+
+async fn read_marker(env: &EnvRuntime) -> Result<(), MarkerError> {
     let unreachable = |e: String| {
         MarkerError::Unreachable(format!(
             "environment {}: cannot read the identity marker: {e}",
@@ -61,8 +71,7 @@ pub async fn check_marker(env: &EnvRuntime) -> Result<(), MarkerError> {
     cfg.host(&u.host)
         .port(u.port)
         .dbname(&u.database)
-        .user(&login.user)
-        .connect_timeout(std::time::Duration::from_secs(10));
+        .user(&login.user);
     if let Some(p) = &login.password {
         cfg.password(p);
     }

@@ -290,7 +290,7 @@ impl Server {
         self.background.close();
         let grace =
             Duration::from_millis(self.shared.runtime.load().config.proxy.shutdown_grace_ms);
-        if tokio::time::timeout(grace, self.tasks.wait())
+        if crate::timers::timeout(grace, self.tasks.wait())
             .await
             .is_err()
         {
@@ -300,14 +300,14 @@ impl Server {
                 }
                 s.stop.kill();
             }
-            let _ = tokio::time::timeout(Duration::from_secs(5), self.tasks.wait()).await;
+            let _ = crate::timers::timeout(Duration::from_secs(5), self.tasks.wait()).await;
         }
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.background.wait()).await;
+        let _ = crate::timers::timeout(Duration::from_secs(5), self.background.wait()).await;
         if let Some(a) = self.shared.audit.clone() {
-            let _ = tokio::time::timeout(Duration::from_secs(5), a.shutdown()).await;
+            let _ = crate::timers::timeout(Duration::from_secs(5), a.shutdown()).await;
         }
         if let Some(j) = self.audit_task {
-            let _ = tokio::time::timeout(Duration::from_secs(5), j).await;
+            let _ = crate::timers::timeout(Duration::from_secs(5), j).await;
         }
         tracing::info!("stopped");
     }

@@ -12,6 +12,8 @@
 //!   token, stage/expired/other-identity tokens rejected like a bad password,
 //!   a token session closed at expiry with a FATAL, the CLI's production
 //!   rules.
+// The test's own runtime has timers; tokio::time is fine here (see clippy.toml).
+#![allow(clippy::disallowed_methods)]
 
 mod support;
 

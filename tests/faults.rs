@@ -7,6 +7,8 @@
 //! malformed messages, invalid UTF-8, wrong protocol versions and a flood
 //! of bogus CancelRequests. Every fault must end only the session it hits,
 //! with a clean error, and leave the proxy serving everybody else.
+// The test's own runtime has timers; tokio::time is fine here (see clippy.toml).
+#![allow(clippy::disallowed_methods)]
 
 #[path = "support/rawpg.rs"]
 mod rawpg;

@@ -8,6 +8,8 @@
 //! Metrics are read from `/metrics` only (the scraped text is the contract),
 //! polled in bounded loops because sessions record after the client already
 //! has its answer and the lock monitor samples every `lock_poll_ms`.
+// The test's own runtime has timers; tokio::time is fine here (see clippy.toml).
+#![allow(clippy::disallowed_methods)]
 
 mod support;
 
@@ -87,8 +89,8 @@ async fn value(p: &Proxy, name: &str, want: &[(&str, &str)]) -> Option<f64> {
 }
 
 /// In-memory JSON log of the `tierwarden` targets, installed as the thread's
-/// default subscriber: the test's current-thread runtime runs the proxy's
-/// tasks on this thread, so other tests' events never land here.
+/// default subscriber: `start_proxy` gives the proxy's thread the same one,
+/// so other tests' events never land here.
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
 

@@ -6,6 +6,8 @@
 //! cursors, FunctionCall and malformed Query text (`policy/raw.rs` speaks the
 //! protocol directly); defense in depth for read-only levels; the exact shape
 //! of a denial; COPY by direction.
+// The test's own runtime has timers; tokio::time is fine here (see clippy.toml).
+#![allow(clippy::disallowed_methods)]
 
 mod support;
 

@@ -1,6 +1,8 @@
 //! The migration promotion gate end to end: migrations by ci_migrator
 //! promoted dev → test → stage → prod through the real proxy, outcomes in
 //! the control database of the quickstart cluster.
+// The test's own runtime has timers; tokio::time is fine here (see clippy.toml).
+#![allow(clippy::disallowed_methods)]
 
 mod support;
 

@@ -2,6 +2,8 @@
 //! against a real PostgreSQL (simple and extended protocol, COPY, cancel,
 //! TLS with SCRAM-SHA-256-PLUS, NOTIFY, authentication failures, bad
 //! input, upstream death).
+// The test's own runtime has timers; tokio::time is fine here (see clippy.toml).
+#![allow(clippy::disallowed_methods)]
 
 mod support;
 

@@ -7,6 +7,8 @@
 //! refused; cancel keys are random, never the upstream's, and scoped to
 //! their environment's listener; a world-readable secret file is warned
 //! about (without echoing the secret).
+// The test's own runtime has timers; tokio::time is fine here (see clippy.toml).
+#![allow(clippy::disallowed_methods)]
 
 #[path = "support/rawpg.rs"]
 mod rawpg;

@@ -6,6 +6,8 @@
 //! allowed forbidden ones, and the process's RSS and open fds do not grow
 //! between the first and last quarter of the run.
 //! `TIERWARDEN_SOAK_SESSIONS` / `TIERWARDEN_SOAK_SECONDS` change the size.
+// The test's own runtime has timers; tokio::time is fine here (see clippy.toml).
+#![allow(clippy::disallowed_methods)]
 
 // load.rs and support/ both include support/tls.rs (load.rs is also
 // built alone by examples/soak.rs).

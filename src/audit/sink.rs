@@ -342,7 +342,7 @@ struct Writer<T: Target> {
 
 impl<T: Target> Writer<T> {
     async fn run(mut self, mut rx: mpsc::Receiver<Msg>, every: Duration) {
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut tick = crate::timers::interval_at(tokio::time::Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         if !self.pending.is_empty() {
             self.flush(false).await;

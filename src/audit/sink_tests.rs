@@ -59,7 +59,7 @@ async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
         if cond() {
             return true;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        crate::timers::sleep(Duration::from_millis(10)).await;
     }
     false
 }

@@ -19,7 +19,7 @@ use hyper::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -67,7 +67,7 @@ pub async fn serve_admin(
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
                 tracing::warn!(error = %e, "admin listener accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                crate::timers::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
@@ -83,7 +83,7 @@ pub async fn serve_admin(
         });
     }
     tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+    if crate::timers::timeout(SHUTDOWN_GRACE, tracker.wait())
         .await
         .is_err()
     {
@@ -101,7 +101,7 @@ async fn serve_connection(
         async move { Ok::<_, Infallible>(resp) }
     });
     let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
+        .timer(crate::timers::HyperTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .serve_connection(TokioIo::new(stream), svc);
     let mut conn = std::pin::pin!(conn);
@@ -109,7 +109,7 @@ async fn serve_connection(
         r = conn.as_mut() => r,
         _ = shutdown.cancelled() => {
             conn.as_mut().graceful_shutdown();
-            match tokio::time::timeout(SHUTDOWN_GRACE, conn.as_mut()).await {
+            match crate::timers::timeout(SHUTDOWN_GRACE, conn.as_mut()).await {
                 Ok(r) => r,
                 Err(_) => return,
             }

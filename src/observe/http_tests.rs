@@ -90,7 +90,7 @@ async fn serves_routes_over_tcp_and_stops_on_shutdown() {
     assert!(head.contains("allow: get, head"));
 
     shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), server)
+    crate::timers::timeout(Duration::from_secs(10), server)
         .await
         .expect("server did not stop")
         .unwrap();
@@ -117,7 +117,7 @@ async fn garbage_request_does_not_stop_the_listener() {
     // No environments served: vacuously ready.
     assert_eq!(get(addr, "GET", "/readyz").await.0, 200);
     shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), server)
+    crate::timers::timeout(Duration::from_secs(10), server)
         .await
         .expect("server did not stop")
         .unwrap();

@@ -256,8 +256,7 @@ pub async fn connect(t: &MonitorTarget) -> Result<tokio_postgres::Client, Monito
         .user(&t.user)
         .password(&t.password)
         .dbname(&t.dbname)
-        .application_name("tierwarden-lock-monitor")
-        .connect_timeout(timeout);
+        .application_name("tierwarden-lock-monitor");
     match &t.tls {
         None => open(&cfg, NoTls, t, timeout).await,
         Some(tls) => {
@@ -285,7 +284,7 @@ where
     <T::TlsConnect as TlsConnect<Socket>>::Future: Send,
 {
     let connecting = cfg.connect(tls);
-    let (client, connection) = match tokio::time::timeout(timeout, connecting).await {
+    let (client, connection) = match crate::timers::timeout(timeout, connecting).await {
         Ok(Ok(pair)) => pair,
         Ok(Err(source)) => {
             return Err(MonitorError::Connect {
@@ -317,7 +316,7 @@ pub async fn poll_waiting(
     t: &MonitorTarget,
 ) -> Result<Vec<i32>, MonitorError> {
     let timeout = t.interval.max(IO_TIMEOUT);
-    match tokio::time::timeout(timeout, client.query(WAITING_PIDS_SQL, &[])).await {
+    match crate::timers::timeout(timeout, client.query(WAITING_PIDS_SQL, &[])).await {
         Ok(Ok(rows)) => Ok(rows.iter().filter_map(|r| r.try_get(0).ok()).collect()),
         Ok(Err(source)) => Err(MonitorError::Query {
             env: t.env.clone(),
@@ -380,7 +379,7 @@ pub async fn run_monitor(
         };
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
+            _ = crate::timers::sleep(wait) => {}
         }
     }
 }

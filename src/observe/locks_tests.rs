@@ -143,12 +143,12 @@ async fn unreachable_upstream_is_reported_down_and_loop_stops() {
             seen = true;
             break;
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        crate::timers::sleep(Duration::from_millis(25)).await;
     }
     assert!(seen, "upstream_up never went to 0");
     assert!(!reachable.load(Ordering::Relaxed));
     shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), task)
+    crate::timers::timeout(Duration::from_secs(10), task)
         .await
         .expect("monitor did not stop")
         .unwrap();

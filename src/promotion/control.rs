@@ -69,8 +69,7 @@ impl Control {
             .port(db.port)
             .dbname(&db.database)
             .user(user)
-            .application_name("tierwarden-promotion")
-            .connect_timeout(TIMEOUT);
+            .application_name("tierwarden-promotion");
         if let Some(p) = password {
             cfg.password(p);
         }
@@ -104,7 +103,7 @@ impl Control {
             }
             Ok::<_, ControlError>(r?)
         };
-        tokio::time::timeout(TIMEOUT, run)
+        crate::timers::timeout(TIMEOUT, run)
             .await
             .map_err(|_| ControlError::Timeout)?
     }

@@ -98,7 +98,7 @@ pub async fn forward_cancel(t: &CancelTarget) {
         s.write_all(&msg).await?;
         s.shutdown().await
     };
-    match tokio::time::timeout(std::time::Duration::from_secs(5), attempt).await {
+    match crate::timers::timeout(std::time::Duration::from_secs(5), attempt).await {
         Ok(Ok(())) => tracing::debug!(env = %t.env, "cancel forwarded"),
         Ok(Err(e)) => tracing::warn!(env = %t.env, error = %e, "cancel could not be forwarded"),
         Err(_) => tracing::warn!(env = %t.env, "cancel forwarding timed out"),

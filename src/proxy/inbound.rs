@@ -215,7 +215,7 @@ impl<'a> Inbound<'a> {
                 }
                 None => self
                     .idle_timer
-                    .insert(Box::pin(tokio::time::sleep_until(deadline))),
+                    .insert(Box::pin(crate::timers::sleep_until(deadline))),
             };
             tokio::select! {
                 biased;

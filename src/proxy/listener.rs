@@ -36,7 +36,7 @@ pub async fn accept_loop(
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(env = %env, error = %e, "accept failed; backing off");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                crate::timers::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };

@@ -72,7 +72,7 @@ impl UpstreamPool {
         }
         let pool = Arc::clone(self);
         tokio::spawn(async move {
-            match tokio::time::timeout(RESET_TIMEOUT, reset(&mut up.stream)).await {
+            match crate::timers::timeout(RESET_TIMEOUT, reset(&mut up.stream)).await {
                 Ok(Ok(())) => pool.keep(key, up),
                 _ => terminate(&mut up.stream).await,
             }

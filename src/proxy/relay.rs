@@ -104,7 +104,7 @@ pub async fn run(
             .duration_since(std::time::SystemTime::now())
             .unwrap_or(Duration::ZERO);
         AbortOnDrop(tokio::spawn(async move {
-            tokio::time::sleep(left).await;
+            crate::timers::sleep(left).await;
             if let Ok(mut r) = reason.lock() {
                 *r = Some("the access token of this session expired".into());
             }
@@ -120,7 +120,7 @@ pub async fn run(
                 *r = Some(format!("{PROTOCOL_PREFIX}{why}"));
             }
             signal.kill();
-            tokio::time::sleep(FATAL_GRACE).await;
+            crate::timers::sleep(FATAL_GRACE).await;
         }
         end
     };

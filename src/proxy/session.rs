@@ -74,7 +74,7 @@ pub async fn run(sock: TcpStream, peer: SocketAddr, env_name: Arc<str>, shared: 
     let timeout = Duration::from_millis(rt.config.proxy.startup_timeout_ms);
     let deadline = tokio::time::Instant::now() + timeout;
     let (mut client, minor, params) =
-        match tokio::time::timeout_at(deadline, open(sock, &env, &rt, &shared)).await {
+        match crate::timers::timeout_at(deadline, open(sock, &env, &rt, &shared)).await {
             Ok(Ok(Opening::Startup(c, minor, p))) => (c, minor, p),
             Ok(Ok(Opening::Done)) => return,
             Ok(Err(e)) => {
@@ -86,7 +86,7 @@ pub async fn run(sock: TcpStream, peer: SocketAddr, env_name: Arc<str>, shared: 
                 return;
             }
         };
-    let login = tokio::time::timeout_at(
+    let login = crate::timers::timeout_at(
         deadline,
         login(&mut client, &params, peer, &env, &rt, &shared),
     );

@@ -107,7 +107,7 @@ pub async fn connect(
     t: &UpstreamTarget<'_>,
     params: &[(String, String)],
 ) -> Result<Upstream, UpstreamError> {
-    match tokio::time::timeout(t.timeout, connect_inner(t, params)).await {
+    match crate::timers::timeout(t.timeout, connect_inner(t, params)).await {
         Ok(r) => r,
         Err(_) => Err(UpstreamError::Timeout),
     }

@@ -15,6 +15,7 @@ use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
+use std::time::Duration;
 
 use rand::distributions::{Alphanumeric, DistString};
 
@@ -93,6 +94,9 @@ pub enum ClusterError {
     /// Connecting as superuser failed.
     #[error("connecting to the throwaway cluster: {0}")]
     Connect(#[from] tokio_postgres::Error),
+    /// The cluster did not answer within the connect timeout.
+    #[error("connecting to the throwaway cluster on port {0}: no answer within 10 s")]
+    ConnectTimeout(u16),
 }
 
 /// A PostgreSQL cluster under one directory, listening on 127.0.0.1:`port`.
@@ -288,8 +292,15 @@ impl PgCluster {
     /// libpq key/value connection string for the superuser (tokio-postgres
     /// and psql both accept it). The password is alphanumeric.
     pub fn superuser_dsn(&self, db: &str) -> String {
+        format!("{} connect_timeout=10", self.superuser_dsn_untimed(db))
+    }
+
+    /// The DSN without `connect_timeout`: tokio-postgres would arm that
+    /// timer on the caller's runtime, which has no time driver
+    /// (`crate::timers`); the caller bounds the connect itself.
+    fn superuser_dsn_untimed(&self, db: &str) -> String {
         format!(
-            "host=127.0.0.1 port={} user={} password={} dbname={} sslmode=disable connect_timeout=10",
+            "host=127.0.0.1 port={} user={} password={} dbname={} sslmode=disable",
             self.port, self.superuser, self.superuser_password, db
         )
     }
@@ -300,8 +311,11 @@ impl PgCluster {
         &self,
         db: &str,
     ) -> Result<tokio_postgres::Client, ClusterError> {
-        let (client, conn) =
-            tokio_postgres::connect(&self.superuser_dsn(db), tokio_postgres::NoTls).await?;
+        let dsn = self.superuser_dsn_untimed(db);
+        let connecting = tokio_postgres::connect(&dsn, tokio_postgres::NoTls);
+        let (client, conn) = crate::timers::timeout(Duration::from_secs(10), connecting)
+            .await
+            .map_err(|_| ClusterError::ConnectTimeout(self.port))??;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "throwaway cluster connection closed");

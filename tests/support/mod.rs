@@ -7,6 +7,7 @@
 //! root. A watchdog process stops it and removes its directory when the
 //! test process exits, whatever the outcome.
 #![allow(dead_code)]
+#![allow(clippy::disallowed_methods)] // runs on the tests' runtimes (see clippy.toml)
 
 mod tls;
 
@@ -200,18 +201,51 @@ pub async fn start_proxy_at(path: &Path, edit: impl FnOnce(&mut Config)) -> Prox
     }
     edit(&mut cfg);
     let envs: Vec<String> = cfg.environments.keys().cloned().collect();
-    let server = tierwarden::serve::start(cfg, path, envs)
-        .await
-        .expect("proxy starts");
-    let addrs = server.addrs.iter().cloned().collect();
-    let admin = server.admin.expect("admin listener");
-    let shared = Arc::clone(&server.shared);
+    // As under `tierwarden serve`: the proxy runs on a runtime of its own
+    // without a time driver (its deadlines live on the timer thread,
+    // src/timers.rs), so a timer armed the wrong way fails the test.
     let stop = CancellationToken::new();
-    let s = stop.clone();
-    let done = tokio::spawn(async move { server.serve_until(s).await });
+    let (started_tx, started) = tokio::sync::oneshot::channel();
+    let (path, s) = (path.to_path_buf(), stop.clone());
+    // A test that captures the proxy's log installs its subscriber on its
+    // own thread: the proxy thread logs to the same one.
+    let log = tracing::dispatcher::get_default(|d| d.clone());
+    let thread = std::thread::Builder::new()
+        .name("proxy-under-test".into())
+        .spawn(move || {
+            let _log = tracing::dispatcher::set_default(&log);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+                .expect("proxy runtime");
+            rt.block_on(async move {
+                let server = match tierwarden::serve::start(cfg, &path, envs).await {
+                    Ok(server) => server,
+                    Err(e) => {
+                        let _ = started_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                let info = (
+                    server.addrs.iter().cloned().collect::<HashMap<_, _>>(),
+                    server.admin,
+                    Arc::clone(&server.shared),
+                );
+                let _ = started_tx.send(Ok(info));
+                server.serve_until(s).await
+            })
+        })
+        .expect("proxy thread");
+    let (addrs, admin, shared) = match started.await.expect("proxy thread answers") {
+        Ok(info) => info,
+        Err(e) => panic!("proxy starts: {e}"),
+    };
+    let done = tokio::task::spawn_blocking(move || {
+        let _ = thread.join();
+    });
     Proxy {
         addrs,
-        admin,
+        admin: admin.expect("admin listener"),
         audit,
         shared,
         stop,
@@ -328,12 +362,19 @@ impl Proxy {
         let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
         (status, body)
     }
-    /// Stop the proxy and wait for it.
+    /// Stop the proxy and wait for it (dropping a `Proxy` stops it without
+    /// waiting).
     pub async fn stop(mut self) {
         self.stop.cancel();
         if let Some(d) = self.done.take() {
             let _ = d.await;
         }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 
