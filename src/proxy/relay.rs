@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::either::Either;
 
 use super::admission::Admitted;
 use super::inbound::Inbound;
@@ -23,6 +24,7 @@ use super::race::race;
 use super::signal::{SessionSignal, Stop};
 use super::stream::{
     ClientReader, ClientStream, ClientWriter, UpstreamReader, UpstreamStream, UpstreamWriter,
+    WritePart,
 };
 use super::tracker::{Action, Tracker};
 use super::upstream::Upstream;
@@ -267,7 +269,26 @@ fn consumed(buf: &mut BytesMut, pos: usize, need: usize) {
     }
 }
 
-async fn write_flush<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, b: &[u8]) -> std::io::Result<()> {
+/// Write all of `b` and flush. On plain TCP the usual case — the socket
+/// takes the whole batch at once — is one `send` without the write
+/// future's machinery (cooperative budget, readiness poll); only a
+/// partial write or a full socket buffer waits for writability.
+async fn write_flush<T: tokio::io::AsyncWrite + Unpin>(
+    w: &mut WritePart<'_, T>,
+    b: &[u8],
+) -> std::io::Result<()> {
+    if let Either::Left(tcp) = w {
+        if b.is_empty() {
+            return Ok(());
+        }
+        // TCP has nothing to flush.
+        return match tcp.try_write(b) {
+            Ok(n) if n == b.len() => Ok(()),
+            Ok(n) => tcp.write_all(&b[n..]).await,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => tcp.write_all(b).await,
+            Err(e) => Err(e),
+        };
+    }
     w.write_all(b).await?;
     w.flush().await
 }
