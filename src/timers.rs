@@ -121,3 +121,45 @@ impl hyper::rt::Timer for HyperTimer {
         self.0.reset(sleep, new_deadline)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The proxy's runtimes have no time driver: every helper must work
+    /// there (a plain `tokio::time::sleep` would panic on this runtime).
+    #[test]
+    fn deadlines_work_on_a_runtime_without_a_time_driver() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let t0 = Instant::now();
+            sleep(Duration::from_millis(20)).await;
+            assert!(t0.elapsed() >= Duration::from_millis(20), "slept its time");
+            sleep_until(Instant::now() + Duration::from_millis(5)).await;
+            let late = timeout(Duration::from_millis(20), std::future::pending::<()>()).await;
+            assert!(late.is_err(), "a pending future times out");
+            let on_time = timeout(Duration::from_secs(30), async { 7 }).await;
+            assert_eq!(on_time.ok(), Some(7));
+            let at = timeout_at(Instant::now() + Duration::from_secs(30), async { 8 }).await;
+            assert_eq!(at.ok(), Some(8));
+            let mut tick = interval_at(Instant::now(), Duration::from_millis(5));
+            tick.tick().await;
+            tick.tick().await;
+            // One timer per session is pushed back before every wait.
+            let mut idle = Box::pin(sleep(Duration::from_secs(30)));
+            idle.as_mut()
+                .reset(Instant::now() + Duration::from_millis(5));
+            idle.await;
+        });
+    }
+
+    #[test]
+    fn one_timer_thread_for_the_process() {
+        let a = start().expect("timer thread");
+        let b = start().expect("timer thread");
+        assert_eq!(a.id(), b.id());
+    }
+}

@@ -20,7 +20,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use support::{code, ended_with, start_proxy, start_proxy_at, world, Proxy};
+use support::{
+    code, ended_with, start_proxy, start_proxy_at, start_proxy_on_threads, world, Proxy,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::{Client, Error, NoTls};
 
@@ -175,8 +177,20 @@ async fn max_connections_per_environment_and_per_role() {
 
 #[tokio::test]
 async fn startup_and_idle_in_transaction_timeouts_close_sessions() {
+    timeouts_close_sessions(1).await;
+}
+
+/// The same deadlines with sessions spread over two worker threads (the
+/// multi-threaded scheduler, also without a time driver): each session's
+/// timer lives on the timer thread and wakes whichever worker runs it.
+#[tokio::test]
+async fn timeouts_close_sessions_on_two_worker_threads() {
+    timeouts_close_sessions(2).await;
+}
+
+async fn timeouts_close_sessions(threads: usize) {
     let w = world();
-    let p = start_proxy(|c| {
+    let p = start_proxy_on_threads(threads, |c| {
         c.proxy.startup_timeout_ms = 300;
         if let Some(d) = c.environments.get_mut("dev") {
             d.idle_in_transaction_timeout_ms = Some(300);

@@ -122,3 +122,56 @@ async fn garbage_request_does_not_stop_the_listener() {
         .expect("server did not stop")
         .unwrap();
 }
+
+/// A client that never finishes its request headers is dropped after
+/// `HEADER_READ_TIMEOUT`, on a runtime without a time driver (as under
+/// `serve`): hyper's timer is `crate::timers::HyperTimer`.
+#[test]
+fn stalled_request_headers_time_out_on_a_runtime_without_timers() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve_admin(
+            listener,
+            state(&[]) as Arc<dyn AdminState>,
+            shutdown.clone(),
+        ));
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let mut raw = Vec::new();
+        let sent = std::time::Instant::now();
+        let closed = crate::timers::timeout(
+            HEADER_READ_TIMEOUT + Duration::from_secs(20),
+            s.read_to_end(&mut raw),
+        )
+        .await;
+        assert!(
+            closed.is_ok(),
+            "connection still open after the header timeout"
+        );
+        // Closed by the timeout, not at once (a timer armed on this
+        // runtime would panic the connection task and drop it at once).
+        assert!(
+            sent.elapsed() >= HEADER_READ_TIMEOUT / 2,
+            "closed after {:?}, before the header timeout",
+            sent.elapsed()
+        );
+        assert!(
+            raw.is_empty() || raw.starts_with(b"HTTP/1.1 408"),
+            "{}",
+            String::from_utf8_lossy(&raw)
+        );
+        shutdown.cancel();
+        crate::timers::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("server did not stop")
+            .unwrap();
+    });
+}

@@ -188,6 +188,17 @@ pub async fn start_proxy(edit: impl FnOnce(&mut Config)) -> Proxy {
 /// becomes the proxy's `config_path`, the file `serve::reload` reads): use
 /// a copy of the world's config when a test rewrites it.
 pub async fn start_proxy_at(path: &Path, edit: impl FnOnce(&mut Config)) -> Proxy {
+    launch(path, edit, 1).await
+}
+
+/// Like [`start_proxy`], on a runtime of `threads` worker threads (the
+/// multi-threaded scheduler from two on), as `serve` runs with
+/// `[proxy] worker_threads` on a larger machine.
+pub async fn start_proxy_on_threads(threads: usize, edit: impl FnOnce(&mut Config)) -> Proxy {
+    launch(&world().config_path, edit, threads).await
+}
+
+async fn launch(path: &Path, edit: impl FnOnce(&mut Config), threads: usize) -> Proxy {
     let w = world();
     let mut cfg = config::load(path).expect("config loads");
     for e in cfg.environments.values_mut() {
@@ -214,10 +225,17 @@ pub async fn start_proxy_at(path: &Path, edit: impl FnOnce(&mut Config)) -> Prox
         .name("proxy-under-test".into())
         .spawn(move || {
             let _log = tracing::dispatcher::set_default(&log);
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_io()
-                .build()
-                .expect("proxy runtime");
+            let rt = if threads <= 1 {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_io()
+                    .build()
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(threads)
+                    .enable_io()
+                    .build()
+            }
+            .expect("proxy runtime");
             rt.block_on(async move {
                 let server = match tierwarden::serve::start(cfg, &path, envs).await {
                     Ok(server) => server,
