@@ -215,7 +215,20 @@ fn runtime_with<F: std::future::Future<Output = i32>>(threads: usize, f: F) -> i
         eprintln!("tierwarden: cannot start the timer thread: {e}");
         return 1;
     }
-    let built = if threads <= 1 {
+    match session_runtime(threads) {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => {
+            eprintln!("tierwarden: cannot start the runtime: {e}");
+            1
+        }
+    }
+}
+
+/// The runtime sessions run on: `threads` workers (the single-threaded
+/// scheduler for one), IO only — no time driver (`crate::timers`). Also
+/// what the test harness runs the proxy under test on.
+pub fn session_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .build()
@@ -224,13 +237,6 @@ fn runtime_with<F: std::future::Future<Output = i32>>(threads: usize, f: F) -> i
             .worker_threads(threads)
             .enable_io()
             .build()
-    };
-    match built {
-        Ok(rt) => rt.block_on(f),
-        Err(e) => {
-            eprintln!("tierwarden: cannot start the runtime: {e}");
-            1
-        }
     }
 }
 

@@ -57,17 +57,30 @@ async fn get(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, Stri
     (status, head.to_ascii_lowercase(), body.to_owned())
 }
 
-#[tokio::test]
-async fn serves_routes_over_tcp_and_stops_on_shutdown() {
+/// The admin listener on an ephemeral port: its address, its shutdown
+/// token and its task.
+async fn start_admin(
+    st: Arc<FakeState>,
+) -> (
+    std::net::SocketAddr,
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let st = state(&[("dev", true), ("prod", true)]);
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(serve_admin(
         listener,
-        Arc::clone(&st) as Arc<dyn AdminState>,
+        st as Arc<dyn AdminState>,
         shutdown.clone(),
     ));
+    (addr, shutdown, server)
+}
+
+#[tokio::test]
+async fn serves_routes_over_tcp_and_stops_on_shutdown() {
+    let st = state(&[("dev", true), ("prod", true)]);
+    let (addr, shutdown, server) = start_admin(Arc::clone(&st)).await;
 
     let (code, head, body) = get(addr, "GET", "/metrics").await;
     assert_eq!(code, 200);
@@ -99,14 +112,7 @@ async fn serves_routes_over_tcp_and_stops_on_shutdown() {
 
 #[tokio::test]
 async fn garbage_request_does_not_stop_the_listener() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(serve_admin(
-        listener,
-        state(&[]) as Arc<dyn AdminState>,
-        shutdown.clone(),
-    ));
+    let (addr, shutdown, server) = start_admin(state(&[])).await;
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(b"\x16\x03\x01 not http at all\r\n\r\n")
         .await
@@ -133,14 +139,7 @@ fn stalled_request_headers_time_out_on_a_runtime_without_timers() {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let server = tokio::spawn(serve_admin(
-            listener,
-            state(&[]) as Arc<dyn AdminState>,
-            shutdown.clone(),
-        ));
+        let (addr, shutdown, server) = start_admin(state(&[])).await;
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
             .await

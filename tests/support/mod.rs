@@ -225,17 +225,7 @@ async fn launch(path: &Path, edit: impl FnOnce(&mut Config), threads: usize) -> 
         .name("proxy-under-test".into())
         .spawn(move || {
             let _log = tracing::dispatcher::set_default(&log);
-            let rt = if threads <= 1 {
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_io()
-                    .build()
-            } else {
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(threads)
-                    .enable_io()
-                    .build()
-            }
-            .expect("proxy runtime");
+            let rt = tierwarden::cli::session_runtime(threads).expect("proxy runtime");
             rt.block_on(async move {
                 let server = match tierwarden::serve::start(cfg, &path, envs).await {
                     Ok(server) => server,
