@@ -12,8 +12,10 @@
 //! `protocol` (wire format), `policy` (classifier, matrix, decide),
 //! `config` (model, validation, guards), `auth` (SCRAM, TLS configs,
 //! tokens, rate limiting). `shared` holds the state handed to sessions (no
-//! globals); `serve` runs the process; `cli` is the command line;
-//! `quickstart` builds a throwaway four-environment setup.
+//! globals, except `timers`: one timer thread for the process, because the
+//! session runtimes have no time driver); `serve` runs the process; `cli`
+//! is the command line; `quickstart` builds a throwaway four-environment
+//! setup.
 #![forbid(unsafe_code)]
 
 pub mod audit;
