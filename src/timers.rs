@@ -43,7 +43,7 @@ pub fn start() -> std::io::Result<&'static Handle> {
         .build()?;
     let handle = rt.handle().clone();
     std::thread::Builder::new()
-        .name("tierwarden-timers".into())
+        .name("tw-timers".into()) // Linux keeps 15 bytes of a thread name
         .spawn(move || rt.block_on(std::future::pending::<()>()))?;
     Ok(TIMERS.get_or_init(|| handle))
 }
@@ -161,5 +161,17 @@ mod tests {
         let a = start().expect("timer thread");
         let b = start().expect("timer thread");
         assert_eq!(a.id(), b.id());
+        // Visible to operators (`top -H`, /proc) under its name.
+        let names: Vec<String> = std::fs::read_dir("/proc/self/task")
+            .expect("/proc/self/task")
+            .filter_map(|t| t.ok())
+            .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+            .map(|n| n.trim().to_string())
+            .collect();
+        assert_eq!(
+            names.iter().filter(|n| *n == "tw-timers").count(),
+            1,
+            "{names:?}"
+        );
     }
 }
