@@ -93,17 +93,10 @@ pub fn interval_at(start: Instant, period: Duration) -> Interval {
 }
 
 /// hyper's timer (header read timeout of the admin listener), on the timer
-/// thread.
+/// thread: `HyperTimer::default()` for
+/// `hyper::server::conn::http1::Builder::timer`.
 #[derive(Clone, Debug, Default)]
 pub struct HyperTimer(hyper_util::rt::TokioTimer);
-
-impl HyperTimer {
-    /// A timer for `hyper::server::conn::http1::Builder::timer`.
-    #[allow(clippy::disallowed_methods)]
-    pub fn new() -> Self {
-        HyperTimer(hyper_util::rt::TokioTimer::new())
-    }
-}
 
 impl hyper::rt::Timer for HyperTimer {
     fn sleep(&self, d: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
@@ -130,10 +123,7 @@ mod tests {
     /// there (a plain `tokio::time::sleep` would panic on this runtime).
     #[test]
     fn deadlines_work_on_a_runtime_without_a_time_driver() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .expect("runtime");
+        let rt = crate::cli::session_runtime(1).expect("runtime");
         rt.block_on(async {
             let t0 = Instant::now();
             sleep(Duration::from_millis(20)).await;

@@ -101,7 +101,7 @@ async fn serve_connection(
         async move { Ok::<_, Infallible>(resp) }
     });
     let conn = http1::Builder::new()
-        .timer(crate::timers::HyperTimer::new())
+        .timer(crate::timers::HyperTimer::default())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .serve_connection(TokioIo::new(stream), svc);
     let mut conn = std::pin::pin!(conn);

@@ -134,10 +134,7 @@ async fn garbage_request_does_not_stop_the_listener() {
 /// `serve`): hyper's timer is `crate::timers::HyperTimer`.
 #[test]
 fn stalled_request_headers_time_out_on_a_runtime_without_timers() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .expect("runtime");
+    let rt = crate::cli::session_runtime(1).expect("runtime");
     rt.block_on(async {
         let (addr, shutdown, server) = start_admin(state(&[])).await;
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
