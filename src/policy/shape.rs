@@ -124,6 +124,23 @@ fn continued(rest: &[u8]) -> bool {
     rest.get(ws) == Some(&b'\'') && rest[..ws].iter().any(|c| matches!(c, b'\n' | b'\r'))
 }
 
+/// The closing quote matching the opening quote `b[i]` (`'` or `"`; a
+/// doubled quote inside stands for itself), or None when there is none or
+/// `refused` comes first.
+fn closing_quote(b: &[u8], i: usize, refused: u8) -> Option<usize> {
+    let q = b[i];
+    let mut j = i + 1;
+    loop {
+        match b.get(j) {
+            None => return None,
+            Some(&c) if c == q && b.get(j + 1) == Some(&q) => j += 2,
+            Some(&c) if c == q => return Some(j),
+            Some(&c) if c == refused => return None,
+            Some(_) => j += 1,
+        }
+    }
+}
+
 /// The end of the plain string constant whose opening quote is `b[i]`, or
 /// None where PostgreSQL could read it differently (a prefix, a backslash,
 /// no closing quote, an identifier or a continuation right after it).
@@ -132,17 +149,8 @@ pub(super) fn string_end(b: &[u8], i: usize) -> Option<usize> {
     if i > 0 && (ident_byte(b[i - 1]) || b[i - 1] == b'&') {
         return None;
     }
-    let mut j = i + 1;
-    loop {
-        match b.get(j) {
-            None => return None,
-            Some(b'\'') if b.get(j + 1) == Some(&b'\'') => j += 2,
-            Some(b'\'') => break,
-            // An escape if standard_conforming_strings is off.
-            Some(b'\\') => return None,
-            Some(_) => j += 1,
-        }
-    }
+    // A backslash is an escape if standard_conforming_strings is off.
+    let j = closing_quote(b, i, b'\\')?;
     if b.get(j + 1).is_some_and(|&n| ident_byte(n)) || continued(&b[j + 1..]) {
         return None;
     }
@@ -210,17 +218,10 @@ pub fn lexed_key_into(sql: &str, key: &mut String) -> bool {
                 if i > 0 && b[i - 1] == b'&' {
                     return false; // U&"..." (and its UESCAPE)
                 }
-                let mut j = i + 1;
-                loop {
-                    match b.get(j) {
-                        None => return false,
-                        Some(b'"') if b.get(j + 1) == Some(&b'"') => j += 2,
-                        Some(b'"') => break,
-                        // Kept verbatim: must not look like a marker.
-                        Some(b'$') => return false,
-                        Some(_) => j += 1,
-                    }
-                }
+                // Kept verbatim: must not look like a marker.
+                let Some(j) = closing_quote(b, i, b'$') else {
+                    return false;
+                };
                 if j == i + 1 {
                     return false; // zero-length delimited identifier
                 }
