@@ -2,10 +2,12 @@
 """Render scripts/bench.sh results as markdown (stdout).
 
 Input: $RESULTS, a TSV written by bench.sh with lines
-  "<workload> <mode> <clients>" TAB target TAB tps TAB latency_ms TAB conn_ms TAB status TAB cpu TAB round
-  "connect <clients>"          TAB target TAB tps TAB latency_ms TAB conn_ms TAB status TAB cpu TAB round
+  "<workload> <mode> <clients>" TAB target TAB tps TAB latency_ms TAB conn_ms TAB status TAB cpu TAB round TAB busy TAB idle
+  "connect <clients>"          TAB target TAB tps TAB latency_ms TAB conn_ms TAB status TAB cpu TAB round TAB busy TAB idle
   "idle <target>"              TAB exit code TAB JSON from idle_clients.py
-and the run's metadata in environment variables.
+and the run's metadata in environment variables. cpu is the proxy process's
+CPU time per transaction (µs), busy and idle the whole machine's (every CPU,
+every process), "-" where not measured.
 """
 
 import datetime
@@ -26,7 +28,7 @@ with open(env("RESULTS")) as f:
             except (IndexError, json.JSONDecodeError):
                 idle[target] = None
             continue
-        key, target, tps, lat, conn, status, cpu, rnd = parts
+        key, target, tps, lat, conn, status, cpu, rnd, busy, idle_us = parts
         if key not in runs:
             runs[key] = {}
             order.append(key)
@@ -36,6 +38,8 @@ with open(env("RESULTS")) as f:
             "conn": float(conn) if conn != "-" else None,
             "status": status,
             "cpu": int(cpu) if cpu != "-" else None,
+            "busy": int(busy) if busy != "-" else None,
+            "idle": int(idle_us) if idle_us != "-" else None,
             "round": int(rnd),
         })
 
@@ -46,13 +50,15 @@ def median_run(rs):
     bad = [r for r in rs if r["status"] != "ok" or r["tps"] is None]
     if bad:
         return {"status": f"{bad[0]['status']} ({len(bad)}/{len(rs)})", "tps": None,
-                "lat": None, "conn": None, "cpu": None, "by_round": {}}
+                "lat": None, "conn": None, "cpu": None, "busy": None, "idle": None,
+                "by_round": {}}
 
     def med(field):
         xs = [r[field] for r in rs if r[field] is not None]
         return statistics.median(xs) if xs else None
     return {"status": "ok", "tps": med("tps"), "lat": med("lat"), "conn": med("conn"),
-            "cpu": med("cpu"), "by_round": {r["round"]: r["tps"] for r in rs}}
+            "cpu": med("cpu"), "busy": med("busy"), "idle": med("idle"),
+            "by_round": {r["round"]: r["tps"] for r in rs}}
 
 
 rows = {key: {t: median_run(rs) for t, rs in targets.items()} for key, targets in runs.items()}
@@ -90,10 +96,10 @@ def ratio(a, b):
     return f"{a['tps'] / b['tps']:.2f}"
 
 
-def cpu(r):
-    if r is None or r["status"] != "ok" or r["cpu"] is None:
+def cpu(r, field="cpu"):
+    if r is None or r["status"] != "ok" or r[field] is None:
         return "–"
-    return f"{r['cpu']:.0f}"
+    return f"{r[field]:.0f}"
 
 
 def added(a, b):
@@ -160,6 +166,20 @@ print("|---|---|--:|--:|--:|--:|--:|")
 for workload, mode, clients, d, b, t in cases:
     print(f"| {workload} | {mode} | {clients} | {added(b, d)} | {added(t, d)} "
           f"| {cpu(b)} | {cpu(t)} |")
+
+print()
+print("Whole machine: CPU time of every process on it (pgbench, PostgreSQL, the "
+      "proxy, the kernel's network work; /proc/stat) per transaction, and the CPU "
+      "time left idle per transaction. Busy minus direct's busy is what the proxy "
+      "costs the machine, its own CPU and what it makes the others do; idle time "
+      "while clients wait is throughput lost to wake-up delays.")
+print()
+print("| workload | protocol | clients | direct busy µs/tx | PgBouncer busy µs/tx "
+      "| tierwarden busy µs/tx | direct idle | PgBouncer idle | tierwarden idle |")
+print("|---|---|--:|--:|--:|--:|--:|--:|--:|")
+for workload, mode, clients, d, b, t in cases:
+    print(f"| {workload} | {mode} | {clients} | {cpu(d, 'busy')} | {cpu(b, 'busy')} "
+          f"| {cpu(t, 'busy')} | {cpu(d, 'idle')} | {cpu(b, 'idle')} | {cpu(t, 'idle')} |")
 
 if prod:
     key, p = prod
