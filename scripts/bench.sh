@@ -136,6 +136,30 @@ stop_pid "$TW_PID"
 start_quickstart "$BIN" "$QS" "$BASE" "$LOGDIR/tierwarden.log"
 [ "$(super_sql 'SHOW max_connections')" = $((IDLE + 300)) ] || die "max_connections not applied"
 
+# Warm backends for both proxies: PgBouncer keeps the server connections of
+# every client count below (default_pool_size, server_idle_timeout 600 s);
+# tierwarden keeps as many idle upstream sessions per login
+# (upstream_pool_size, default 20), set in the quickstart's configuration
+# and applied with a reload. Otherwise a 32-client run would start 12 fresh
+# backends through tierwarden every time, and a fresh backend pays page
+# faults on shared memory and cold caches for its first thousands of
+# transactions (docs/benchmarks.md).
+TW_POOL=0
+for c in "${CLIENTS[@]}"; do
+    if [ "$c" -gt "$TW_POOL" ]; then TW_POOL=$c; fi
+done
+reloads() { grep -c 'configuration reloaded' "$LOGDIR/tierwarden.log" || true; }
+before=$(reloads)
+sed -i "s/^\[proxy\]\$/[proxy]\nupstream_pool_size = $TW_POOL/" "$QS/tierwarden.toml"
+grep -q "^upstream_pool_size = $TW_POOL\$" "$QS/tierwarden.toml" || die "cannot set upstream_pool_size in $QS/tierwarden.toml"
+kill -HUP "$TW_PID"
+for _ in $(seq 1 50); do
+    [ "$(reloads)" -gt "$before" ] && break
+    sleep 0.1
+done
+[ "$(reloads)" -gt "$before" ] || die "tierwarden did not reload (see $LOGDIR/tierwarden.log)"
+log "tierwarden upstream_pool_size = $TW_POOL (reloaded)"
+
 DIRECT_URL="postgresql://tw_dev_owner@127.0.0.1:$PG_PORT/app_dev?sslmode=disable"
 PGB_URL="postgresql://tw_dev_owner@127.0.0.1:$PGB_PORT/app_dev?sslmode=disable"
 TW_URL="postgresql://app_runtime@127.0.0.1:$DEV_PORT/app_dev?sslmode=disable"
@@ -313,7 +337,7 @@ COUNTED=$(curl -s --max-time 5 "$ADMIN_URL/metrics" 2>/dev/null |
 ELAPSED=$(($(date +%s) - STARTED_AT))
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 export LOAD_BEFORE LOAD_AFTER
-export RESULTS T ROUNDS SCALE IDLE COMMIT NPROC ELAPSED COUNTED CONN_C
+export RESULTS T ROUNDS SCALE IDLE COMMIT NPROC ELAPSED COUNTED CONN_C TW_POOL
 PG_VERSION=$("$PG_BINDIR/postgres" --version)
 PGB_VERSION=$(pgbouncer --version | head -1)
 PGBENCH_VERSION=$(pgbench --version)

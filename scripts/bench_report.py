@@ -125,7 +125,10 @@ print(f"- pgbench scale {env('SCALE')}, {env('ROUNDS')} rounds of {env('T')} s p
       "case (target order rotated per round; each figure is the median of its runs), "
       "`-n`, `-j` = min(clients, CPUs); "
       "PostgreSQL `synchronous_commit=off`; PgBouncer session mode; tierwarden env dev, "
-      "role app_runtime (level rw), no TLS, policy + metrics + audit on")
+      "role app_runtime (level rw), no TLS, policy + metrics + audit on, "
+      f"`upstream_pool_size = {env('TW_POOL')}` (the largest client count: tierwarden "
+      "keeps as many warm upstream sessions between runs as PgBouncer keeps server "
+      "connections)")
 print(f"- run took {env('ELAPSED')} s; tierwarden counted {env('COUNTED')} statements "
       "(`tierwarden_queries_total`); load average (1/5/15 min) "
       f"{env('LOAD_BEFORE')} before, {env('LOAD_AFTER')} after")

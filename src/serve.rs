@@ -27,6 +27,7 @@ use crate::observe::{serve_admin, AdminState};
 use crate::policy::{Level, Tier};
 use crate::proxy::cancel::CancelRegistry;
 use crate::proxy::listener;
+use crate::proxy::pool::PoolSettings;
 use crate::shared::{self, build_env_state, build_runtime, Runtime, Shared};
 
 /// Startup failures (exit code 2 for configuration problems).
@@ -156,10 +157,9 @@ pub async fn start(config: Config, path: &Path, served: Vec<String>) -> Result<S
         ),
         None => None,
     };
-    let pool = Arc::new(crate::proxy::pool::UpstreamPool::new(
-        rt.config.proxy.upstream_pool_size,
-        Duration::from_millis(rt.config.proxy.upstream_idle_timeout_ms),
-    ));
+    let pool = Arc::new(crate::proxy::pool::UpstreamPool::new(PoolSettings::of(
+        &rt.config.proxy,
+    )));
     let shared = Arc::new(Shared {
         pool,
         env_state: build_env_state(&rt.config, &served),
@@ -195,6 +195,7 @@ pub async fn start(config: Config, path: &Path, served: Vec<String>) -> Result<S
             tasks.clone(),
         ));
     }
+    background.spawn(Arc::clone(&shared.pool).run_sweeper(shared.shutdown.clone()));
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
     if let Some(l) = admin {
         background.spawn(serve_admin(
@@ -333,6 +334,7 @@ pub fn reload(shared: &Arc<Shared>) {
         }
     };
     close_revoked(shared, &new);
+    shared.pool.reconfigure(PoolSettings::of(&new.config.proxy));
     shared.runtime.store(Arc::new(new));
     tracing::info!(path = %path.display(), "configuration reloaded");
 }

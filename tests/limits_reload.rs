@@ -21,7 +21,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use support::{
-    code, ended_with, start_proxy, start_proxy_at, start_proxy_on_threads, world, Proxy,
+    backend_gone, backend_pid, code, ended_with, start_proxy, start_proxy_at,
+    start_proxy_on_threads, world, Proxy,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::{Client, Error, NoTls};
@@ -367,6 +368,58 @@ async fn reload_closes_sessions_that_lost_access_and_keeps_a_good_config() {
         assert_eq!(code(&e), "28000", "{e}");
     }
     drop((app, aud_test));
+    p.stop().await;
+    let _ = std::fs::remove_file(&path);
+}
+
+#[tokio::test]
+async fn reload_renews_pooled_upstream_sessions_and_applies_pool_settings() {
+    let (path, text) = copy_config("reload-pool.toml");
+    let p = start_proxy_at(&path, |_| {}).await;
+    let idle = p.connect("app_runtime", "test").await.expect("idle");
+    let busy = p.connect("app_runtime", "test").await.expect("busy");
+    let (idle_pid, busy_pid) = (backend_pid(&idle).await, backend_pid(&busy).await);
+    drop(idle);
+    for _ in 0..100 {
+        if p.shared.pool.idle_count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(p.shared.pool.idle_count(), 1, "clean session pooled");
+
+    // The upstream login or address may change with a reload: sessions of
+    // the old configuration are not handed out again.
+    let one = text.replacen("[proxy]\n", "[proxy]\nupstream_pool_size = 1\n", 1);
+    assert_ne!(one, text, "the config has a [proxy] section");
+    std::fs::write(&path, &one).expect("write");
+    tierwarden::serve::reload(&p.shared);
+    assert_eq!(p.shared.pool.idle_count(), 0, "idle sessions dropped");
+    assert!(
+        backend_gone(idle_pid).await,
+        "pooled backend {idle_pid} closed"
+    );
+    busy.simple_query("SELECT 1")
+        .await
+        .expect("a session in use continues");
+    drop(busy);
+    assert!(
+        backend_gone(busy_pid).await,
+        "a session of the old configuration is closed when its client leaves"
+    );
+
+    // New sessions are pooled again, at most one (the new size) per key.
+    let a = p.connect("app_runtime", "test").await.expect("a");
+    let b = p.connect("app_runtime", "test").await.expect("b");
+    let (pa, pb) = (backend_pid(&a).await, backend_pid(&b).await);
+    drop(a);
+    drop(b);
+    assert!(
+        backend_gone(pa).await || backend_gone(pb).await,
+        "one of two released sessions is closed: the pool keeps one"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(p.shared.pool.idle_count(), 1);
     p.stop().await;
     let _ = std::fs::remove_file(&path);
 }

@@ -9,7 +9,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{code, start_proxy, world};
+use support::{backend_gone, backend_pid, code, start_proxy, world};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
@@ -497,5 +497,89 @@ async fn upstream_sessions_are_reset_and_reused() {
         pid2, pid,
         "a session left in a transaction is terminated, not reused"
     );
+    p.stop().await;
+}
+
+// Upstream session reuse: idle sessions are closed after
+// `upstream_idle_timeout_ms` (the backend goes away, not only the proxy's
+// handle), sessions past `upstream_max_lifetime_ms` are closed instead of
+// kept, and the most recently used session is handed out first.
+
+/// Poll `f` every 50 ms for up to `secs` seconds.
+async fn eventually<F, Fut>(secs: u64, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..secs * 20 {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn idle_sessions_are_closed_after_the_idle_timeout() {
+    let p = start_proxy(|c| c.proxy.upstream_idle_timeout_ms = 500).await;
+    let c = p.connect("app_runtime", "test").await.expect("connects");
+    let pid = backend_pid(&c).await;
+    drop(c);
+    assert!(
+        eventually(5, || async { p.shared.pool.idle_count() == 1 }).await,
+        "the clean session is kept first"
+    );
+    // The sweep runs every second (a quarter of the timeout, at least 1 s):
+    // the session leaves the pool and its backend exits.
+    assert!(
+        eventually(10, || async { p.shared.pool.idle_count() == 0 }).await,
+        "the idle session is swept"
+    );
+    assert!(
+        backend_gone(pid).await,
+        "the swept session's backend {pid} is gone from pg_stat_activity"
+    );
+    // A new client gets a new backend.
+    let c = p.connect("app_runtime", "test").await.expect("reconnects");
+    assert_ne!(backend_pid(&c).await, pid);
+    drop(c);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn sessions_past_their_lifetime_are_closed_not_kept() {
+    let p = start_proxy(|c| c.proxy.upstream_max_lifetime_ms = 300).await;
+    let c = p.connect("app_runtime", "test").await.expect("connects");
+    let pid = backend_pid(&c).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    drop(c);
+    assert!(
+        backend_gone(pid).await,
+        "the old session's backend {pid} is closed when its client leaves"
+    );
+    assert_eq!(p.shared.pool.idle_count(), 0, "nothing kept");
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn the_most_recently_used_session_is_reused_first() {
+    let p = start_proxy(|_| {}).await;
+    let a = p.connect("app_runtime", "test").await.expect("a");
+    let b = p.connect("app_runtime", "test").await.expect("b");
+    let (pa, pb) = (backend_pid(&a).await, backend_pid(&b).await);
+    drop(a);
+    assert!(eventually(5, || async { p.shared.pool.idle_count() == 1 }).await);
+    drop(b);
+    assert!(eventually(5, || async { p.shared.pool.idle_count() == 2 }).await);
+    let c = p.connect("app_runtime", "test").await.expect("c");
+    assert_eq!(
+        backend_pid(&c).await,
+        pb,
+        "the last one released comes back first"
+    );
+    let d = p.connect("app_runtime", "test").await.expect("d");
+    assert_eq!(backend_pid(&d).await, pa);
+    drop((c, d));
     p.stop().await;
 }

@@ -60,6 +60,9 @@ pub struct ProxySettings {
     pub upstream_pool_size: usize,
     /// How long an idle upstream session is kept (milliseconds).
     pub upstream_idle_timeout_ms: u64,
+    /// Upstream sessions older than this (milliseconds since their
+    /// connect) are closed when their client leaves instead of being kept.
+    pub upstream_max_lifetime_ms: u64,
     /// Threads that run sessions; 0 = automatic (half the CPU cores, at
     /// least one). Read at start only.
     pub worker_threads: usize,
@@ -89,8 +92,9 @@ impl Default for ProxySettings {
             upstream_connect_timeout_ms: 10_000,
             max_client_connections: 10_000,
             shutdown_grace_ms: 30_000,
-            upstream_pool_size: 8,
-            upstream_idle_timeout_ms: 30_000,
+            upstream_pool_size: 20,
+            upstream_idle_timeout_ms: 600_000,
+            upstream_max_lifetime_ms: 3_600_000,
             worker_threads: 0,
         }
     }

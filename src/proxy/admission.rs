@@ -313,7 +313,12 @@ pub async fn connect_upstream(
         .ok_or_else(|| UpstreamError::Protocol(format!("no upstream {} user", adm.upstream_key)))?;
     let timeout = Duration::from_millis(rt.config.proxy.upstream_connect_timeout_ms);
     let target = UpstreamTarget::new(env, login, timeout);
-    upstream::connect(&target, &adm.upstream_params).await
+    // Read before connecting: a reload during the connect makes the
+    // session one of the old configuration.
+    let generation = shared.pool.generation();
+    let mut up = upstream::connect(&target, &adm.upstream_params).await?;
+    up.generation = generation;
+    Ok(up)
 }
 
 fn base_record(kind: EventKind, env: &EnvRuntime, adm: &Admitted, outcome: Outcome) -> AuditRecord {

@@ -5,6 +5,13 @@
 //! New clients then skip the upstream connect, TLS and SCRAM round trips
 //! and the backend fork.
 //!
+//! As with PgBouncer's `server_idle_timeout` and `server_lifetime`, an
+//! idle session is closed after the idle timeout (a sweep checks every
+//! few seconds) and a session older than the maximum lifetime is closed
+//! instead of being kept, so backends are renewed now and then. The most
+//! recently used session is handed out first: its backend's caches and
+//! page tables are warm, and the surplus of a past burst ages out.
+//!
 //! Owns: the idle upstream sessions and their reset. Must never: hand a
 //! session to another environment, login or set of startup settings, or
 //! hand out one whose reset did not end in a clean idle ReadyForQuery.
@@ -15,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 
 use super::stream::{MaybeTls, UpstreamStream};
 use super::upstream::Upstream;
@@ -23,11 +31,39 @@ use crate::protocol::{encode, frame};
 /// What an idle upstream session may be reused for.
 pub type PoolKey = (Arc<str>, &'static str, Vec<(String, String)>);
 
+/// How many idle sessions are kept, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// Idle sessions kept per key (0: none, every session is closed).
+    pub max_per_key: usize,
+    /// How long one stays idle before it is closed.
+    pub idle_timeout: Duration,
+    /// Age (since connect) after which a session is closed, not kept.
+    pub max_lifetime: Duration,
+}
+
+impl PoolSettings {
+    /// The `[proxy]` settings of a configuration.
+    pub fn of(p: &crate::config::ProxySettings) -> Self {
+        PoolSettings {
+            max_per_key: p.upstream_pool_size,
+            idle_timeout: Duration::from_millis(p.upstream_idle_timeout_ms),
+            max_lifetime: Duration::from_millis(p.upstream_max_lifetime_ms),
+        }
+    }
+}
+
+struct State {
+    idle: HashMap<PoolKey, Vec<(Upstream, Instant)>>,
+    settings: PoolSettings,
+    /// Bumped by every reload: sessions opened under an older
+    /// configuration (upstream host, login, password) are not kept.
+    generation: u64,
+}
+
 /// Idle upstream sessions.
 pub struct UpstreamPool {
-    idle: Mutex<HashMap<PoolKey, Vec<(Upstream, Instant)>>>,
-    max_per_key: usize,
-    idle_timeout: Duration,
+    state: Mutex<State>,
 }
 
 const RESET_TIMEOUT: Duration = Duration::from_secs(2);
@@ -42,31 +78,101 @@ fn alive(s: &UpstreamStream) -> bool {
     matches!(tcp.try_read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
+impl State {
+    /// Whether a session idle since `since` may no longer be handed out.
+    fn expired_in(
+        settings: &PoolSettings,
+        generation: u64,
+        up: &Upstream,
+        since: Instant,
+        now: Instant,
+    ) -> bool {
+        now.saturating_duration_since(since) >= settings.idle_timeout
+            || now.saturating_duration_since(up.born) >= settings.max_lifetime
+            || up.generation != generation
+    }
+
+    fn expired(&self, up: &Upstream, since: Instant, now: Instant) -> bool {
+        Self::expired_in(&self.settings, self.generation, up, since, now)
+    }
+}
+
 impl UpstreamPool {
-    /// A pool keeping at most `max_per_key` sessions per key for `idle_timeout`.
-    pub fn new(max_per_key: usize, idle_timeout: Duration) -> Self {
+    /// An empty pool.
+    pub fn new(settings: PoolSettings) -> Self {
         UpstreamPool {
-            idle: Mutex::new(HashMap::new()),
-            max_per_key,
-            idle_timeout,
+            state: Mutex::new(State {
+                idle: HashMap::new(),
+                settings,
+                generation: 0,
+            }),
         }
     }
 
-    /// An idle session for `key`, if a live one is there.
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The configuration generation a session connected now belongs to
+    /// (read before connecting).
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// Apply reloaded settings: every idle session is closed (it may use
+    /// an upstream address or login the new configuration no longer has),
+    /// and sessions in use are closed instead of kept when their client
+    /// leaves.
+    pub fn reconfigure(&self, settings: PoolSettings) {
+        let stale = {
+            let mut st = self.lock();
+            st.settings = settings;
+            st.generation += 1;
+            st.idle
+                .drain()
+                .flat_map(|(_, l)| l)
+                .map(|(up, _)| up)
+                .collect()
+        };
+        close_all(stale);
+    }
+
+    /// An idle session for `key` (the most recently used live one).
     pub fn take(&self, key: &PoolKey) -> Option<Upstream> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.get_mut(key)?;
-        while let Some((up, since)) = list.pop() {
-            if since.elapsed() < self.idle_timeout && alive(&up.stream) {
-                return Some(up);
+        let now = Instant::now();
+        let mut stale = Vec::new();
+        let found = {
+            let mut st = self.lock();
+            let st = &mut *st;
+            let list = st.idle.get_mut(key)?;
+            loop {
+                match list.pop() {
+                    Some((up, since)) => {
+                        let fresh =
+                            !State::expired_in(&st.settings, st.generation, &up, since, now);
+                        if fresh && alive(&up.stream) {
+                            break Some(up);
+                        }
+                        stale.push(up);
+                    }
+                    None => break None,
+                }
             }
-        }
-        None
+        };
+        close_all(stale);
+        found
     }
 
-    /// Reset `up` in the background and keep it if the reset succeeds.
+    /// Reset `up` in the background and keep it if the reset succeeds
+    /// (and it is younger than the maximum lifetime and of the current
+    /// configuration).
     pub fn release(self: &Arc<Self>, key: PoolKey, mut up: Upstream) {
-        if self.max_per_key == 0 {
+        let keep = {
+            let st = self.lock();
+            let now = Instant::now();
+            st.settings.max_per_key > 0 && !st.expired(&up, now, now)
+        };
+        if !keep {
             tokio::spawn(async move { terminate(&mut up.stream).await });
             return;
         }
@@ -80,19 +186,81 @@ impl UpstreamPool {
     }
 
     fn keep(&self, key: PoolKey, up: Upstream) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.entry(key).or_default();
-        list.retain(|(_, since)| since.elapsed() < self.idle_timeout);
-        if list.len() < self.max_per_key {
-            list.push((up, Instant::now()));
+        let refused = {
+            let mut st = self.lock();
+            let (max, generation) = (st.settings.max_per_key, st.generation);
+            let list = st.idle.entry(key).or_default();
+            if list.len() < max && up.generation == generation {
+                list.push((up, Instant::now()));
+                None
+            } else {
+                Some(up)
+            }
+        };
+        close_all(refused.into_iter().collect());
+    }
+
+    /// Remove the sessions idle longer than the idle timeout, past the
+    /// maximum lifetime, or closed by the server; they are returned for
+    /// the caller to close.
+    pub fn sweep(&self, now: Instant) -> Vec<Upstream> {
+        let mut stale = Vec::new();
+        let mut st = self.lock();
+        let st = &mut *st;
+        for list in st.idle.values_mut() {
+            let mut i = 0;
+            while i < list.len() {
+                let (up, since) = &list[i];
+                if State::expired_in(&st.settings, st.generation, up, *since, now)
+                    || !alive(&up.stream)
+                {
+                    stale.push(list.remove(i).0);
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        st.idle.retain(|_, list| !list.is_empty());
+        stale
+    }
+
+    /// How often `run_sweeper` looks: a quarter of the idle timeout,
+    /// between 1 and 30 seconds.
+    pub fn sweep_period(&self) -> Duration {
+        (self.lock().settings.idle_timeout / 4)
+            .clamp(Duration::from_secs(1), Duration::from_secs(30))
+    }
+
+    /// Close expired idle sessions every `sweep_period` until `stop`.
+    pub async fn run_sweeper(self: Arc<Self>, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = crate::timers::sleep(self.sweep_period()) => {
+                    for mut up in self.sweep(Instant::now()) {
+                        terminate(&mut up.stream).await;
+                    }
+                }
+                () = stop.cancelled() => return,
+            }
         }
     }
 
     /// Number of idle sessions (all keys).
     pub fn idle_count(&self) -> usize {
-        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.values().map(Vec::len).sum()
+        self.lock().idle.values().map(Vec::len).sum()
     }
+}
+
+/// Close sessions the pool will not keep, in the background.
+fn close_all(ups: Vec<Upstream>) {
+    if ups.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        for mut up in ups {
+            terminate(&mut up.stream).await;
+        }
+    });
 }
 
 /// Send Terminate and close (best effort).

@@ -327,7 +327,8 @@ async fn connected(
         return;
     }
     admission::audit_connect(&shared, &env, &admitted, peer);
-    let (pid, secret, frames) = (up.pid, up.secret, up.parameter_frames.clone());
+    let (pid, secret, born, generation) = (up.pid, up.secret, up.born, up.generation);
+    let frames = up.parameter_frames.clone();
     let (end, reusable) = relay::run(client, up, &admitted, &env, &rt, &shared).await;
     drop(key);
     if let Some(stream) = reusable {
@@ -336,6 +337,8 @@ async fn connected(
             parameter_frames: frames,
             pid,
             secret,
+            born,
+            generation,
         };
         shared
             .pool

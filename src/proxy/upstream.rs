@@ -100,6 +100,11 @@ pub struct Upstream {
     pub pid: i32,
     /// Upstream backend secret.
     pub secret: i32,
+    /// When the connection was opened (the pool's maximum lifetime).
+    pub born: std::time::Instant,
+    /// The pool's configuration generation when it was opened
+    /// (`UpstreamPool::generation`; reloads make older ones unpoolable).
+    pub generation: u64,
 }
 
 /// Connect, negotiate TLS, start up and authenticate.
@@ -307,5 +312,7 @@ async fn finish_startup(
         parameter_frames,
         pid,
         secret,
+        born: std::time::Instant::now(),
+        generation: 0,
     })
 }

@@ -444,3 +444,31 @@ pub async fn connect_err(dsn: &str, what: &str) -> tokio_postgres::Error {
         Err(e) => e,
     }
 }
+
+/// The upstream backend pid of a session (`pg_backend_pid()`).
+pub async fn backend_pid(c: &tokio_postgres::Client) -> i32 {
+    c.query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0)
+}
+
+/// Whether PostgreSQL has no backend with this pid, within 10 s.
+pub async fn backend_gone(pid: i32) -> bool {
+    let su = world().superuser("postgres").await;
+    for _ in 0..200 {
+        let n: i64 = su
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+                &[&pid],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .get(0);
+        if n == 0 {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    false
+}
