@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use rawpg::{first_error, message, query_msg, startup_packet, RawPg, V3};
 use stage_cluster::{wait_ready, StageCluster};
-use support::{code, start_proxy, world, Proxy};
+use support::{backend_gone, code, start_proxy, world, Proxy};
 
 /// Tests that measure the process (RSS) or stop clusters run one at a time.
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -35,30 +35,6 @@ async fn raw(p: &Proxy, role: &str, env: &str) -> RawPg {
     )
     .await
     .unwrap_or_else(|e| panic!("{role}@{env} logs in: {}", e.message()))
-}
-
-async fn backend_alive(pid: i32) -> bool {
-    let su = world().superuser("postgres").await;
-    let n: i64 = su
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
-            &[&pid],
-        )
-        .await
-        .expect("pg_stat_activity")
-        .get(0);
-    n > 0
-}
-
-/// Polls (bounded) until the upstream backend `pid` is gone.
-async fn released(pid: i32) -> bool {
-    for _ in 0..100 {
-        if !backend_alive(pid).await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
 }
 
 async fn still_serves(p: &Proxy, env: &str) {
@@ -247,11 +223,11 @@ async fn client_vanishing_mid_transaction_and_mid_copy_commits_nothing() {
     }
     drop(c);
     assert!(
-        released(pid_tx).await,
+        backend_gone(pid_tx).await,
         "backend of the vanished transaction released"
     );
     assert!(
-        released(pid_copy).await,
+        backend_gone(pid_copy).await,
         "backend of the vanished COPY released"
     );
     for table in ["flt_tx", "flt_copy"] {
@@ -305,7 +281,7 @@ async fn stalled_reader_of_a_large_result_keeps_memory_bounded() {
     }
     drop(c);
     assert!(
-        released(pid).await,
+        backend_gone(pid).await,
         "backend released after the stalled client left"
     );
     p.stop().await;
@@ -392,7 +368,7 @@ async fn hostile_messages_after_login_end_only_that_session() {
         );
         let e = first_error(&seen).unwrap_or_else(|| panic!("{what}: told why"));
         assert_eq!(e.code(), "08P01", "{what}: {}", e.message());
-        assert!(released(pid).await, "{what}: backend released");
+        assert!(backend_gone(pid).await, "{what}: backend released");
     }
     // After all that, the first sessions and new ones still work.
     assert_eq!(c.scalar("SELECT 3").await.as_deref(), Some("3"));

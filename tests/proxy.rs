@@ -366,24 +366,10 @@ async fn client_disconnect_releases_the_backend() {
         .expect("pid")
         .get(0);
     drop(c);
-    let su = world().superuser("postgres").await;
-    let mut gone = false;
-    for _ in 0..50 {
-        let n: i64 = su
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
-                &[&pid],
-            )
-            .await
-            .expect("q")
-            .get(0);
-        if n == 0 {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(gone, "upstream backend released after the client vanished");
+    assert!(
+        backend_gone(pid).await,
+        "upstream backend released after the client vanished"
+    );
     p.stop().await;
 }
 
