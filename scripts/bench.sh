@@ -202,6 +202,11 @@ cpu_ticks() {
 machine_ticks() {
     awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6; exit}' /proc/stat
 }
+# Page faults of the whole machine so far (a fresh PostgreSQL backend takes
+# one per page of shared memory it touches first).
+page_faults() {
+    awk '/^pgfault / {print $2}' /proc/vmstat
+}
 
 # run_pgbench KEY TARGET URL PASSWORD PROXY_PID ROUND pgbench-args... — one
 # result line; PROXY_PID (may be empty) is the process whose CPU time is
@@ -211,18 +216,21 @@ run_pgbench() {
     shift 6
     local name
     name=$(printf '%s_%s_%s' "$key" "$target" "$round" | tr ' /' '__')
-    local out="$LOGDIR/$name.log" rc=0 status=ok cpu0 cpu1 busy0 idle0 busy1 idle1
+    local out="$LOGDIR/$name.log" rc=0 status=ok cpu0 cpu1 busy0 idle0 busy1 idle1 pf0 pf1
     cpu0=$(cpu_ticks "$ppid")
     read -r busy0 idle0 < <(machine_ticks)
+    pf0=$(page_faults)
     PGPASSWORD=$pw timeout -k 5 $((T + 60)) pgbench -n -T "$T" "$@" "$url" >"$out" 2>&1 || rc=$?
+    pf1=$(page_faults)
     read -r busy1 idle1 < <(machine_ticks)
     cpu1=$(cpu_ticks "$ppid")
-    local tps lat conn failed txns cpu_us="-" busy_us="-" idle_us="-"
+    local tps lat conn failed txns cpu_us="-" busy_us="-" idle_us="-" faults="-"
     txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$out" | head -1)
     if [ -n "$txns" ] && [ "$txns" -gt 0 ]; then
         [ -z "$ppid" ] || cpu_us=$(((cpu1 - cpu0) * 1000000 / CLK_TCK / txns))
         busy_us=$(((busy1 - busy0) * 1000000 / CLK_TCK / txns))
         idle_us=$(((idle1 - idle0) * 1000000 / CLK_TCK / txns))
+        faults=$(awk -v f="$((pf1 - pf0))" -v n="$txns" 'BEGIN {printf "%.2f", f / n}')
     fi
     tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$out" | head -1)
     lat=$(sed -n 's/^latency average = \([0-9.]*\) ms.*/\1/p' "$out" | head -1)
@@ -234,9 +242,9 @@ run_pgbench() {
         status=FAIL
     fi
     [ "$status" = ok ] || log "$key $target: $status (exit $rc), see $out"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$key" "$target" "${tps:--}" "${lat:--}" \
-        "${conn:--}" "$status" "$cpu_us" "$round" "$busy_us" "$idle_us" >>"$RESULTS"
-    log "$key $target (round $round): tps=${tps:--} lat=${lat:--}ms cpu=${cpu_us}us/tx machine=${busy_us}us/tx idle=${idle_us}us/tx $status"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$key" "$target" "${tps:--}" "${lat:--}" \
+        "${conn:--}" "$status" "$cpu_us" "$round" "$busy_us" "$idle_us" "$faults" >>"$RESULTS"
+    log "$key $target (round $round): tps=${tps:--} lat=${lat:--}ms cpu=${cpu_us}us/tx machine=${busy_us}us/tx idle=${idle_us}us/tx faults=${faults}/tx $status"
 }
 
 pgbench_reset() {

@@ -2,12 +2,13 @@
 """Render scripts/bench.sh results as markdown (stdout).
 
 Input: $RESULTS, a TSV written by bench.sh with lines
-  "<workload> <mode> <clients>" TAB target TAB tps TAB latency_ms TAB conn_ms TAB status TAB cpu TAB round TAB busy TAB idle
-  "connect <clients>"          TAB target TAB tps TAB latency_ms TAB conn_ms TAB status TAB cpu TAB round TAB busy TAB idle
+  "<workload> <mode> <clients>" TAB target TAB tps TAB latency_ms TAB conn_ms TAB status TAB cpu TAB round TAB busy TAB idle TAB faults
+  "connect <clients>"          TAB target TAB tps TAB latency_ms TAB conn_ms TAB status TAB cpu TAB round TAB busy TAB idle TAB faults
   "idle <target>"              TAB exit code TAB JSON from idle_clients.py
 and the run's metadata in environment variables. cpu is the proxy process's
 CPU time per transaction (µs), busy and idle the whole machine's (every CPU,
-every process), "-" where not measured.
+every process), faults the machine's page faults per transaction, "-" where
+not measured.
 """
 
 import datetime
@@ -28,7 +29,7 @@ with open(env("RESULTS")) as f:
             except (IndexError, json.JSONDecodeError):
                 idle[target] = None
             continue
-        key, target, tps, lat, conn, status, cpu, rnd, busy, idle_us = parts
+        key, target, tps, lat, conn, status, cpu, rnd, busy, idle_us, pf = parts
         if key not in runs:
             runs[key] = {}
             order.append(key)
@@ -40,6 +41,7 @@ with open(env("RESULTS")) as f:
             "cpu": int(cpu) if cpu != "-" else None,
             "busy": int(busy) if busy != "-" else None,
             "idle": int(idle_us) if idle_us != "-" else None,
+            "faults": float(pf) if pf != "-" else None,
             "round": int(rnd),
         })
 
@@ -50,14 +52,14 @@ def median_run(rs):
     bad = [r for r in rs if r["status"] != "ok" or r["tps"] is None]
     if bad:
         return {"status": f"{bad[0]['status']} ({len(bad)}/{len(rs)})", "tps": None,
-                "lat": None, "conn": None, "cpu": None, "busy": None, "idle": None,
+                "lat": None, "conn": None, "cpu": None, "busy": None, "idle": None, "faults": None,
                 "by_round": {}}
 
     def med(field):
         xs = [r[field] for r in rs if r[field] is not None]
         return statistics.median(xs) if xs else None
     return {"status": "ok", "tps": med("tps"), "lat": med("lat"), "conn": med("conn"),
-            "cpu": med("cpu"), "busy": med("busy"), "idle": med("idle"),
+            "cpu": med("cpu"), "busy": med("busy"), "idle": med("idle"), "faults": med("faults"),
             "by_round": {r["round"]: r["tps"] for r in rs}}
 
 
@@ -94,6 +96,12 @@ def ratio(a, b):
     if not a or not b or a["status"] != "ok" or b["status"] != "ok" or not b["tps"]:
         return "–"
     return f"{a['tps'] / b['tps']:.2f}"
+
+
+def faults(r):
+    if r is None or r["status"] != "ok" or r["faults"] is None:
+        return "–"
+    return f"{r['faults']:.2f}"
 
 
 def cpu(r, field="cpu"):
@@ -175,14 +183,18 @@ print("Whole machine: CPU time of every process on it (pgbench, PostgreSQL, the 
       "proxy, the kernel's network work; /proc/stat) per transaction, and the CPU "
       "time left idle per transaction. Busy minus direct's busy is what the proxy "
       "costs the machine, its own CPU and what it makes the others do; idle time "
-      "while clients wait is throughput lost to wake-up delays.")
+      "while clients wait is throughput lost to wake-up delays. Page faults per "
+      "transaction (the whole machine, /proc/vmstat): a fresh PostgreSQL backend "
+      "takes one for every page of shared memory it touches first.")
 print()
 print("| workload | protocol | clients | direct busy µs/tx | PgBouncer busy µs/tx "
-      "| tierwarden busy µs/tx | direct idle | PgBouncer idle | tierwarden idle |")
-print("|---|---|--:|--:|--:|--:|--:|--:|--:|")
+      "| tierwarden busy µs/tx | direct idle | PgBouncer idle | tierwarden idle "
+      "| PgBouncer faults/tx | tierwarden faults/tx |")
+print("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
 for workload, mode, clients, d, b, t in cases:
     print(f"| {workload} | {mode} | {clients} | {cpu(d, 'busy')} | {cpu(b, 'busy')} "
-          f"| {cpu(t, 'busy')} | {cpu(d, 'idle')} | {cpu(b, 'idle')} | {cpu(t, 'idle')} |")
+          f"| {cpu(t, 'busy')} | {cpu(d, 'idle')} | {cpu(b, 'idle')} | {cpu(t, 'idle')} "
+          f"| {faults(b)} | {faults(t)} |")
 
 if prod:
     key, p = prod
