@@ -71,6 +71,9 @@ struct Admin(Arc<Shared>);
 
 impl AdminState for Admin {
     fn metrics_text(&self) -> String {
+        for env in &self.0.served {
+            self.0.metrics.upstream_idle(env, self.0.pool.idle_in(env));
+        }
         self.0.metrics.encode()
     }
     fn readiness(&self) -> Vec<(String, bool)> {

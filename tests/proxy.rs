@@ -558,6 +558,17 @@ async fn the_most_recently_used_session_is_reused_first() {
     assert!(eventually(5, || async { p.shared.pool.idle_count() == 1 }).await);
     drop(b);
     assert!(eventually(5, || async { p.shared.pool.idle_count() == 2 }).await);
+    let (status, body) = p.http_get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("tierwarden_upstream_idle_sessions{env=\"test\"} 2")
+            && body.contains("tierwarden_upstream_idle_sessions{env=\"dev\"} 0"),
+        "pool size on /metrics: {}",
+        body.lines()
+            .filter(|l| l.contains("idle_sessions"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     let c = p.connect("app_runtime", "test").await.expect("c");
     assert_eq!(
         backend_pid(&c).await,

@@ -51,6 +51,7 @@ pub struct Metrics {
     migrations: Family<MigrationLabels, Counter>,
     auth_failures: Family<AuthLabels, Counter>,
     upstream_up: Family<EnvLabels, Gauge>,
+    upstream_idle: Family<EnvLabels, Gauge>,
     promotion_denied: Family<EnvLabels, Counter>,
     lock_errors: Family<LockErrorLabels, Counter>,
     /// Handles resolved once per (env, role); bounded by the configuration.
@@ -95,6 +96,7 @@ impl Metrics {
             migrations,
             auth_failures,
             upstream_up,
+            upstream_idle,
             promotion_denied,
             lock_errors,
         } = m;
@@ -113,6 +115,7 @@ impl Metrics {
             migrations,
             auth_failures,
             upstream_up,
+            upstream_idle,
             promotion_denied,
             lock_errors,
             roles: Mutex::new(HashMap::new()),
@@ -147,6 +150,7 @@ impl Metrics {
         // Down (0) until the env's lock monitor first reaches the upstream,
         // like `/readyz`; an env without a monitor login stays visibly down.
         drop(self.upstream_up.get_or_create(&env_labels(env)));
+        drop(self.upstream_idle.get_or_create(&env_labels(env)));
     }
 
     /// Create every per-role series of (env, role) at 0 without opening a
@@ -254,6 +258,14 @@ impl Metrics {
     /// `tierwarden_promotion_denied_total{env}` += 1 (promotion gate refusals).
     pub fn promotion_denied(&self, env: &str) {
         self.promotion_denied.get_or_create(&env_labels(env)).inc();
+    }
+
+    /// `tierwarden_upstream_idle_sessions{env}` = idle upstream sessions
+    /// kept for reuse (set from the pool when `/metrics` is read).
+    pub fn upstream_idle(&self, env: &str, n: usize) {
+        self.upstream_idle
+            .get_or_create(&env_labels(env))
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// `tierwarden_upstream_up{env}` = 1 or 0.
@@ -405,6 +417,7 @@ struct MetricsFamilies {
     migrations: Family<MigrationLabels, Counter>,
     auth_failures: Family<AuthLabels, Counter>,
     upstream_up: Family<EnvLabels, Gauge>,
+    upstream_idle: Family<EnvLabels, Gauge>,
     promotion_denied: Family<EnvLabels, Counter>,
     lock_errors: Family<LockErrorLabels, Counter>,
 }
@@ -480,6 +493,11 @@ impl MetricsFamilies {
             "tierwarden_upstream_up",
             "1 when the upstream answers the monitor, else 0",
             s.upstream_up.clone(),
+        );
+        r.register(
+            "tierwarden_upstream_idle_sessions",
+            "Idle upstream sessions kept for the next client (session pool)",
+            s.upstream_idle.clone(),
         );
         r.register(
             "tierwarden_promotion_denied",

@@ -249,6 +249,16 @@ impl UpstreamPool {
     pub fn idle_count(&self) -> usize {
         self.lock().idle.values().map(Vec::len).sum()
     }
+
+    /// Number of idle sessions of one environment.
+    pub fn idle_in(&self, env: &str) -> usize {
+        let st = self.lock();
+        st.idle
+            .iter()
+            .filter(|(k, _)| &*k.0 == env)
+            .map(|(_, l)| l.len())
+            .sum()
+    }
 }
 
 /// Close sessions the pool will not keep, in the background.
