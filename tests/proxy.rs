@@ -580,3 +580,39 @@ async fn the_most_recently_used_session_is_reused_first() {
     drop((c, d));
     p.stop().await;
 }
+
+#[tokio::test]
+async fn the_pool_bound_is_per_login_across_startup_settings() {
+    let p = start_proxy(|c| c.proxy.upstream_pool_size = 2).await;
+    let named = |app: &str| format!("{} application_name={app}", p.dsn("app_runtime", "test"));
+    let mut pids = Vec::new();
+    for app in ["one", "two", "three"] {
+        let (c, conn) = tokio_postgres::connect(&named(app), tokio_postgres::NoTls)
+            .await
+            .expect("connects");
+        tokio::spawn(conn);
+        pids.push(backend_pid(&c).await);
+        drop(c);
+        let kept = pids.len().min(2);
+        assert!(
+            eventually(5, || async { p.shared.pool.idle_count() == kept }).await,
+            "{kept} idle after {app}"
+        );
+    }
+    // Three settings, one login: two kept, the one idle longest closed.
+    assert!(
+        backend_gone(pids[0]).await,
+        "the oldest idle backend is closed"
+    );
+    let (c, conn) = tokio_postgres::connect(&named("two"), tokio_postgres::NoTls)
+        .await
+        .expect("connects");
+    tokio::spawn(conn);
+    assert_eq!(
+        backend_pid(&c).await,
+        pids[1],
+        "same settings, same backend"
+    );
+    drop(c);
+    p.stop().await;
+}

@@ -55,8 +55,9 @@ pub struct ProxySettings {
     pub max_client_connections: usize,
     /// On SIGTERM, how long sessions may finish before they are closed.
     pub shutdown_grace_ms: u64,
-    /// Idle upstream sessions kept per (environment, upstream login,
-    /// startup settings) for reuse after `DISCARD ALL`; 0 disables reuse.
+    /// Idle upstream sessions kept per environment and upstream login for
+    /// reuse after `DISCARD ALL` (a client gets one started with its own
+    /// startup settings); 0 disables reuse.
     pub upstream_pool_size: usize,
     /// How long an idle upstream session is kept (milliseconds).
     pub upstream_idle_timeout_ms: u64,

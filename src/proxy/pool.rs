@@ -10,7 +10,10 @@
 //! few seconds) and a session older than the maximum lifetime is closed
 //! instead of being kept, so backends are renewed now and then. The most
 //! recently used session is handed out first: its backend's caches and
-//! page tables are warm, and the surplus of a past burst ages out.
+//! page tables are warm, and the surplus of a past burst ages out. The
+//! size bound is per environment and upstream login, across startup
+//! settings, so clients that differ only in `application_name` do not
+//! each keep a set of backends.
 //!
 //! Owns: the idle upstream sessions and their reset. Must never: hand a
 //! session to another environment, login or set of startup settings, or
@@ -34,8 +37,9 @@ pub type PoolKey = (Arc<str>, &'static str, Vec<(String, String)>);
 /// How many idle sessions are kept, and for how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolSettings {
-    /// Idle sessions kept per key (0: none, every session is closed).
-    pub max_per_key: usize,
+    /// Idle sessions kept per environment and upstream login, across
+    /// startup settings (0: none, every session is closed).
+    pub max_per_login: usize,
     /// How long one stays idle before it is closed.
     pub idle_timeout: Duration,
     /// Age (since connect) after which a session is closed, not kept.
@@ -46,7 +50,7 @@ impl PoolSettings {
     /// The `[proxy]` settings of a configuration.
     pub fn of(p: &crate::config::ProxySettings) -> Self {
         PoolSettings {
-            max_per_key: p.upstream_pool_size,
+            max_per_login: p.upstream_pool_size,
             idle_timeout: Duration::from_millis(p.upstream_idle_timeout_ms),
             max_lifetime: Duration::from_millis(p.upstream_max_lifetime_ms),
         }
@@ -170,7 +174,7 @@ impl UpstreamPool {
         let keep = {
             let st = self.lock();
             let now = Instant::now();
-            st.settings.max_per_key > 0 && !st.expired(&up, now, now)
+            st.settings.max_per_login > 0 && !st.expired(&up, now, now)
         };
         if !keep {
             tokio::spawn(async move { terminate(&mut up.stream).await });
@@ -185,19 +189,43 @@ impl UpstreamPool {
         });
     }
 
+    /// Keep `up` idle under `key`. At most `max_per_login` sessions are idle
+    /// per environment and upstream login, whatever their startup settings
+    /// (clients differing only in `application_name` would otherwise each
+    /// keep a set of backends): when that many are idle, the one idle the
+    /// longest is closed to make room.
     fn keep(&self, key: PoolKey, up: Upstream) {
-        let refused = {
+        let mut closed = Vec::new();
+        {
             let mut st = self.lock();
-            let (max, generation) = (st.settings.max_per_key, st.generation);
-            let list = st.idle.entry(key).or_default();
-            if list.len() < max && up.generation == generation {
-                list.push((up, Instant::now()));
-                None
+            let st = &mut *st;
+            if st.settings.max_per_login == 0 || up.generation != st.generation {
+                closed.push(up);
             } else {
-                Some(up)
+                let same_login = |k: &PoolKey| k.0 == key.0 && k.1 == key.1;
+                let idle: usize = st
+                    .idle
+                    .iter()
+                    .filter(|(k, _)| same_login(k))
+                    .map(|(_, l)| l.len())
+                    .sum();
+                if idle >= st.settings.max_per_login {
+                    // Each list is in release order: its front is its oldest.
+                    let oldest = st
+                        .idle
+                        .iter()
+                        .filter(|(k, l)| same_login(k) && !l.is_empty())
+                        .min_by_key(|(_, l)| l[0].1)
+                        .map(|(k, _)| k.clone());
+                    if let Some(list) = oldest.and_then(|k| st.idle.get_mut(&k)) {
+                        closed.push(list.remove(0).0);
+                    }
+                    st.idle.retain(|_, l| !l.is_empty());
+                }
+                st.idle.entry(key).or_default().push((up, Instant::now()));
             }
-        };
-        close_all(refused.into_iter().collect());
+        }
+        close_all(closed);
     }
 
     /// Remove the sessions idle longer than the idle timeout, past the
