@@ -572,3 +572,85 @@ async fn sighup_reloads_and_sigterm_drains_the_real_binary() {
     assert_eq!(last["kind"], "disconnect", "{last}");
     let _ = std::fs::remove_file(&path);
 }
+
+#[tokio::test]
+async fn a_full_server_gets_room_from_idle_pooled_sessions() {
+    // A login of its own with a connection limit of 2 (53300 "too many
+    // connections for role" on the third), so that the tests running
+    // beside this one are not affected. Throwaway test credential.
+    let w = world();
+    let su = w.superuser("postgres").await;
+    let pw = "throwaway-pool-limit-pw";
+    su.batch_execute(&format!(
+        "DROP ROLE IF EXISTS tw_pool_limit;
+         CREATE ROLE tw_pool_limit LOGIN PASSWORD '{pw}' CONNECTION LIMIT 2;
+         GRANT CONNECT ON DATABASE {} TO tw_pool_limit",
+        w.database("test")
+    ))
+    .await
+    .expect("role");
+    let pw_file = w.dir.join("tw_pool_limit.password");
+    std::fs::write(&pw_file, pw).expect("password file");
+    let p = start_proxy(|c| {
+        let users = &mut c
+            .environments
+            .get_mut("test")
+            .expect("env test")
+            .upstream
+            .users;
+        users.insert(
+            "rw".into(),
+            tierwarden::config::UpstreamUser {
+                user: "tw_pool_limit".into(),
+                password_env: None,
+                password_file: Some(pw_file.clone()),
+            },
+        );
+    })
+    .await;
+    let named = |app: &str| format!("{} application_name={app}", p.dsn("app_runtime", "test"));
+    let mut pids = Vec::new();
+    for app in ["one", "two"] {
+        let (c, conn) = tokio_postgres::connect(&named(app), tokio_postgres::NoTls)
+            .await
+            .expect("connects");
+        tokio::spawn(conn);
+        pids.push(backend_pid(&c).await);
+        drop(c);
+    }
+    for _ in 0..100 {
+        if p.shared.pool.idle_count() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        p.shared.pool.idle_count(),
+        2,
+        "both kept (different settings)"
+    );
+    // Both slots of the login are held by idle pooled sessions of other
+    // settings: the proxy closes them rather than refuse the client.
+    let (c, conn) = tokio_postgres::connect(&named("three"), tokio_postgres::NoTls)
+        .await
+        .expect("a third client gets a session");
+    tokio::spawn(conn);
+    let pid = backend_pid(&c).await;
+    assert!(!pids.contains(&pid));
+    assert!(backend_gone(pids[0]).await && backend_gone(pids[1]).await);
+    assert_eq!(p.shared.pool.idle_count(), 0);
+    // With the slots held by sessions in use, the refusal reaches the client.
+    let (busy, conn) = tokio_postgres::connect(&named("four"), tokio_postgres::NoTls)
+        .await
+        .expect("second slot");
+    tokio::spawn(conn);
+    let e = match tokio_postgres::connect(&named("five"), tokio_postgres::NoTls).await {
+        Ok(_) => panic!("a third session in use must be refused"),
+        Err(e) => e,
+    };
+    assert_eq!(code(&e), "08006", "{e}");
+    drop((c, busy));
+    p.stop().await;
+    let _ = su.batch_execute("DROP ROLE IF EXISTS tw_pool_limit").await;
+    let _ = std::fs::remove_file(&pw_file);
+}

@@ -316,9 +316,66 @@ pub async fn connect_upstream(
     // Read before connecting: a reload during the connect makes the
     // session one of the old configuration.
     let generation = shared.pool.generation();
-    let mut up = upstream::connect(&target, &adm.upstream_params).await?;
+    let mut up = match upstream::connect(&target, &adm.upstream_params).await {
+        Err(e) if server_full(&e) => {
+            if !make_room(env, rt, shared).await {
+                return Err(e);
+            }
+            retry_full(&target, &adm.upstream_params).await?
+        }
+        r => r?,
+    };
     up.generation = generation;
     Ok(up)
+}
+
+/// Whether the upstream refused a session for want of a slot (53300:
+/// `max_connections`, or a role's or database's connection limit).
+fn server_full(e: &UpstreamError) -> bool {
+    matches!(e, UpstreamError::Refused { code, .. } if code == sqlstate::TOO_MANY_CONNECTIONS)
+}
+
+/// The server is full: the idle sessions this proxy keeps on that server
+/// (any environment there) may be what fills it. Close them; whether
+/// there were any.
+async fn make_room(env: &EnvRuntime, rt: &Runtime, shared: &Shared) -> bool {
+    let server = (&env.cfg.upstream.host, env.cfg.upstream.port);
+    let same_server: Vec<&str> = rt
+        .envs
+        .values()
+        .filter(|e| (&e.cfg.upstream.host, e.cfg.upstream.port) == server)
+        .map(|e| &*e.name)
+        .collect();
+    let idle = shared.pool.take_idle_of(&same_server);
+    if idle.is_empty() {
+        return false;
+    }
+    tracing::info!(
+        env = %env.name,
+        closed = idle.len(),
+        "upstream refused a new session (53300): closing idle pooled sessions on that server"
+    );
+    for mut up in idle {
+        super::pool::terminate(&mut up.stream).await;
+    }
+    true
+}
+
+/// Connect again after `make_room`: a closed backend frees its slot when
+/// its process has exited, a few milliseconds after the Terminate, so a
+/// refusal with 53300 is retried a few times (10, 20, 40, 80, 160 ms).
+async fn retry_full(
+    target: &UpstreamTarget<'_>,
+    params: &[(String, String)],
+) -> Result<Upstream, UpstreamError> {
+    let mut wait = Duration::from_millis(10);
+    loop {
+        crate::timers::sleep(wait).await;
+        match upstream::connect(target, params).await {
+            Err(e) if server_full(&e) && wait < Duration::from_millis(160) => wait *= 2,
+            r => return r,
+        }
+    }
 }
 
 fn base_record(kind: EventKind, env: &EnvRuntime, adm: &Admitted, outcome: Outcome) -> AuditRecord {

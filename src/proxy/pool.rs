@@ -278,6 +278,23 @@ impl UpstreamPool {
         self.lock().idle.values().map(Vec::len).sum()
     }
 
+    /// Remove every idle session of the environments `envs` (for the
+    /// caller to close).
+    pub fn take_idle_of(&self, envs: &[&str]) -> Vec<Upstream> {
+        let mut st = self.lock();
+        let keys: Vec<PoolKey> = st
+            .idle
+            .keys()
+            .filter(|k| envs.contains(&&*k.0))
+            .cloned()
+            .collect();
+        keys.iter()
+            .filter_map(|k| st.idle.remove(k))
+            .flatten()
+            .map(|(up, _)| up)
+            .collect()
+    }
+
     /// Number of idle sessions of one environment.
     pub fn idle_in(&self, env: &str) -> usize {
         let st = self.lock();
