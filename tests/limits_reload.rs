@@ -608,15 +608,9 @@ async fn a_full_server_gets_room_from_idle_pooled_sessions() {
         );
     })
     .await;
-    let named = |app: &str| format!("{} application_name={app}", p.dsn("app_runtime", "test"));
     let mut pids = Vec::new();
     for app in ["one", "two"] {
-        let (c, conn) = tokio_postgres::connect(&named(app), tokio_postgres::NoTls)
-            .await
-            .expect("connects");
-        tokio::spawn(conn);
-        pids.push(backend_pid(&c).await);
-        drop(c);
+        pids.push(p.used_backend("app_runtime", "test", app).await);
     }
     for _ in 0..100 {
         if p.shared.pool.idle_count() == 2 {
@@ -631,20 +625,20 @@ async fn a_full_server_gets_room_from_idle_pooled_sessions() {
     );
     // Both slots of the login are held by idle pooled sessions of other
     // settings: the proxy closes them rather than refuse the client.
-    let (c, conn) = tokio_postgres::connect(&named("three"), tokio_postgres::NoTls)
+    let c = p
+        .connect_as_app("app_runtime", "test", "three")
         .await
         .expect("a third client gets a session");
-    tokio::spawn(conn);
     let pid = backend_pid(&c).await;
     assert!(!pids.contains(&pid));
     assert!(backend_gone(pids[0]).await && backend_gone(pids[1]).await);
     assert_eq!(p.shared.pool.idle_count(), 0);
     // With the slots held by sessions in use, the refusal reaches the client.
-    let (busy, conn) = tokio_postgres::connect(&named("four"), tokio_postgres::NoTls)
+    let busy = p
+        .connect_as_app("app_runtime", "test", "four")
         .await
         .expect("second slot");
-    tokio::spawn(conn);
-    let e = match tokio_postgres::connect(&named("five"), tokio_postgres::NoTls).await {
+    let e = match p.connect_as_app("app_runtime", "test", "five").await {
         Ok(_) => panic!("a third session in use must be refused"),
         Err(e) => e,
     };

@@ -584,15 +584,9 @@ async fn the_most_recently_used_session_is_reused_first() {
 #[tokio::test]
 async fn the_pool_bound_is_per_login_across_startup_settings() {
     let p = start_proxy(|c| c.proxy.upstream_pool_size = 2).await;
-    let named = |app: &str| format!("{} application_name={app}", p.dsn("app_runtime", "test"));
     let mut pids = Vec::new();
     for app in ["one", "two", "three"] {
-        let (c, conn) = tokio_postgres::connect(&named(app), tokio_postgres::NoTls)
-            .await
-            .expect("connects");
-        tokio::spawn(conn);
-        pids.push(backend_pid(&c).await);
-        drop(c);
+        pids.push(p.used_backend("app_runtime", "test", app).await);
         let kept = pids.len().min(2);
         assert!(
             eventually(5, || async { p.shared.pool.idle_count() == kept }).await,
@@ -604,10 +598,10 @@ async fn the_pool_bound_is_per_login_across_startup_settings() {
         backend_gone(pids[0]).await,
         "the oldest idle backend is closed"
     );
-    let (c, conn) = tokio_postgres::connect(&named("two"), tokio_postgres::NoTls)
+    let c = p
+        .connect_as_app("app_runtime", "test", "two")
         .await
         .expect("connects");
-    tokio::spawn(conn);
     assert_eq!(
         backend_pid(&c).await,
         pids[1],

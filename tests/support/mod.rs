@@ -307,6 +307,24 @@ impl Proxy {
         tokio::spawn(conn);
         Ok(c)
     }
+    /// Connect `role@env` (plaintext) with `application_name` = `app`.
+    pub async fn connect_as_app(
+        &self,
+        role: &str,
+        env: &str,
+        app: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let dsn = format!("{} application_name={app}", self.dsn(role, env));
+        let (c, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        Ok(c)
+    }
+    /// Open a session of `role@env` with `application_name` = `app`, note
+    /// its upstream backend pid, and end it (cleanly: it may be pooled).
+    pub async fn used_backend(&self, role: &str, env: &str, app: &str) -> i32 {
+        let c = self.connect_as_app(role, env, app).await.expect("connects");
+        backend_pid(&c).await
+    }
     /// Client settings for `role@env` with `password` (TLS mode not set).
     fn client_config(&self, role: &str, env: &str, password: &str) -> tokio_postgres::Config {
         let w = world();
