@@ -23,8 +23,7 @@ use super::outgoing::{Msg, Outgoing};
 use super::race::race;
 use super::signal::{SessionSignal, Stop};
 use super::stream::{
-    ClientReader, ClientStream, ClientWriter, UpstreamReader, UpstreamStream, UpstreamWriter,
-    WritePart,
+    ClientReader, ClientStream, ClientWriter, UpstreamReader, UpstreamWriter, WritePart,
 };
 use super::tracker::{Action, Tracker};
 use super::upstream::Upstream;
@@ -63,15 +62,16 @@ const PROTOCOL_PREFIX: &str = "protocol violation: ";
 /// How long the writer side gets to deliver that FATAL to the client.
 const FATAL_GRACE: Duration = Duration::from_secs(2);
 
-/// Run an established session until it ends.
+/// Run an established session until it ends; the upstream session comes
+/// back when it is reusable (closed otherwise).
 pub async fn run(
     mut client: ClientStream,
-    up: Upstream,
+    mut up: Upstream,
     adm: &Admitted,
     env: &Arc<EnvRuntime>,
     rt: &Arc<Runtime>,
     shared: &Arc<Shared>,
-) -> (RelayEnd, Option<UpstreamStream>) {
+) -> (RelayEnd, Option<Upstream>) {
     let signal = Arc::new(SessionSignal::default());
     let reason = Arc::new(Mutex::new(None));
     let live_key = (Arc::clone(&env.name), up.pid);
@@ -93,9 +93,8 @@ pub async fn run(
         adm.migrations_role || adm.login.level == crate::policy::Level::Migrate,
     ));
     let observer = Observer::new(adm, env, rt, shared, up.pid);
-    let mut ustream = up.stream;
     let (mut cr, mut cw) = client.split_mut();
-    let (mut ur, mut uw) = ustream.split_mut();
+    let (mut ur, mut uw) = up.stream.split_mut();
     let mut ubuf = BytesMut::with_capacity(READ_BUF);
     let mut upass = 0usize;
     let mut inbound = Inbound::new(adm, env, rt, shared, &observer);
@@ -151,9 +150,9 @@ pub async fn run(
     }
     observer.drain(&tracker);
     if clean {
-        return (end, Some(ustream));
+        return (end, Some(up));
     }
-    super::pool::terminate(&mut ustream).await;
+    super::pool::terminate(&mut up.stream).await;
     (end, None)
 }
 

@@ -327,19 +327,9 @@ async fn connected(
         return;
     }
     admission::audit_connect(&shared, &env, &admitted, peer);
-    let (pid, secret, born, generation) = (up.pid, up.secret, up.born, up.generation);
-    let frames = up.parameter_frames.clone();
     let (end, reusable) = relay::run(client, up, &admitted, &env, &rt, &shared).await;
     drop(key);
-    if let Some(stream) = reusable {
-        let up = super::upstream::Upstream {
-            stream,
-            parameter_frames: frames,
-            pid,
-            secret,
-            born,
-            generation,
-        };
+    if let Some(up) = reusable {
         shared
             .pool
             .release(admission::pool_key(&admitted, &env), up);
