@@ -355,9 +355,7 @@ async fn make_room(env: &EnvRuntime, rt: &Runtime, shared: &Shared) -> bool {
         closed = idle.len(),
         "upstream refused a new session (53300): closing idle pooled sessions on that server"
     );
-    for mut up in idle {
-        super::pool::terminate(&mut up.stream).await;
-    }
+    super::pool::terminate_all(idle).await;
     true
 }
 

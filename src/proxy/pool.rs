@@ -264,9 +264,7 @@ impl UpstreamPool {
         loop {
             tokio::select! {
                 () = crate::timers::sleep(self.sweep_period()) => {
-                    for mut up in self.sweep(Instant::now()) {
-                        terminate(&mut up.stream).await;
-                    }
+                    terminate_all(self.sweep(Instant::now())).await;
                 }
                 () = stop.cancelled() => return,
             }
@@ -308,14 +306,16 @@ impl UpstreamPool {
 
 /// Close sessions the pool will not keep, in the background.
 fn close_all(ups: Vec<Upstream>) {
-    if ups.is_empty() {
-        return;
+    if !ups.is_empty() {
+        tokio::spawn(terminate_all(ups));
     }
-    tokio::spawn(async move {
-        for mut up in ups {
-            terminate(&mut up.stream).await;
-        }
-    });
+}
+
+/// Send Terminate to each session and close it, one after the other.
+pub async fn terminate_all(ups: Vec<Upstream>) {
+    for mut up in ups {
+        terminate(&mut up.stream).await;
+    }
 }
 
 /// Send Terminate and close (best effort).
