@@ -31,7 +31,7 @@ mod sqlx_migrate;
 
 use std::time::Duration;
 
-use support::{start_proxy, world, Proxy};
+use support::{backend_pid, start_proxy, world, Proxy};
 use tierwarden::quickstart::layout::{upstream_user, UpstreamKind};
 
 /// Where the client scripts live.
@@ -460,11 +460,7 @@ async fn tokio_postgres() {
     assert!(support::is_denial(&e), "{e}");
     // cancel over TLS
     let token = c.cancel_token();
-    let pid: i32 = c
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .expect("pid")
-        .get(0);
+    let pid = backend_pid(&c).await;
     let q = tokio::spawn(async move { c.simple_query("SELECT pg_sleep(60)").await });
     wait_sleeping(&format!("pid = {pid}")).await;
     token

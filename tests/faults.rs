@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use rawpg::{first_error, message, query_msg, startup_packet, RawPg, V3};
 use stage_cluster::{wait_ready, StageCluster};
-use support::{backend_gone, code, start_proxy, world, Proxy};
+use support::{backend_gone, backend_pid, code, start_proxy, world, Proxy};
 
 /// Tests that measure the process (RSS) or stop clusters run one at a time.
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -142,12 +142,7 @@ async fn backend_terminated_mid_query_and_mid_transaction() {
     let pids: Vec<i32> = {
         let mut v = Vec::new();
         for c in [&victim, &in_tx] {
-            v.push(
-                c.query_one("SELECT pg_backend_pid()", &[])
-                    .await
-                    .expect("pid")
-                    .get(0),
-            );
+            v.push(backend_pid(c).await);
         }
         v
     };

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{code, start_proxy, world, Proxy};
+use support::{backend_pid, code, start_proxy, world, Proxy};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 
@@ -152,11 +152,7 @@ async fn slow_query_counts_and_logs_one_event() {
         Some(0.0)
     );
     let c = p.connect("auditor", "dev").await.expect("auditor@dev");
-    let pid: i32 = c
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .expect("pid")
-        .get(0);
+    let pid = backend_pid(&c).await;
     c.simple_query("SELECT pg_sleep(0.2) AS slow_probe_obs1")
         .await
         .expect("slow query");

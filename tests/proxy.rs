@@ -327,11 +327,7 @@ async fn upstream_death_ends_that_session_only() {
     let p = start_proxy(|_| {}).await;
     let victim = p.connect("app_runtime", "dev").await.expect("connects");
     let other = p.connect("app_runtime", "dev").await.expect("connects");
-    let pid: i32 = victim
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .expect("pid")
-        .get(0);
+    let pid = backend_pid(&victim).await;
     let su = world().superuser(&world().database("dev")).await;
     su.execute("SELECT pg_terminate_backend($1)", &[&pid])
         .await
@@ -360,11 +356,7 @@ async fn client_disconnect_releases_the_backend() {
     let p = start_proxy(|_| {}).await;
     let c = p.connect("app_runtime", "dev").await.expect("connects");
     c.batch_execute("BEGIN; SELECT 1").await.expect("open tx");
-    let pid: i32 = c
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .expect("pid")
-        .get(0);
+    let pid = backend_pid(&c).await;
     drop(c);
     assert!(
         backend_gone(pid).await,
@@ -417,11 +409,7 @@ async fn psql_and_pgbench_work_through_the_proxy() {
 async fn upstream_sessions_are_reset_and_reused() {
     let p = start_proxy(|_| {}).await;
     let c = p.connect("app_runtime", "test").await.expect("connects");
-    let pid: i32 = c
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .expect("pid")
-        .get(0);
+    let pid = backend_pid(&c).await;
     c.batch_execute(
         "SET application_name = 'leaky'; CREATE TEMP TABLE leak(x int); PREPARE leaked AS SELECT 1",
     )
@@ -454,11 +442,7 @@ async fn upstream_sessions_are_reset_and_reused() {
     assert_eq!(row.get::<_, i64>(3), 0, "prepared statements gone");
     // another level never gets that backend (different upstream login)
     let ro = p.connect("auditor", "test").await.expect("auditor");
-    let ro_pid: i32 = ro
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .expect("pid")
-        .get(0);
+    let ro_pid = backend_pid(&ro).await;
     assert_ne!(ro_pid, pid);
     let ro_flag: String = ro
         .query_one(
@@ -474,11 +458,7 @@ async fn upstream_sessions_are_reset_and_reused() {
     drop(c);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let c = p.connect("app_runtime", "test").await.expect("reconnects");
-    let pid2: i32 = c
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .expect("pid")
-        .get(0);
+    let pid2 = backend_pid(&c).await;
     assert_ne!(
         pid2, pid,
         "a session left in a transaction is terminated, not reused"

@@ -77,6 +77,16 @@ async fn start_admin(
     (addr, shutdown, server)
 }
 
+/// Cancel the listener of `start_admin` and wait (10 s at most) for it to
+/// return.
+async fn stop_admin(shutdown: CancellationToken, server: tokio::task::JoinHandle<()>) {
+    shutdown.cancel();
+    crate::timers::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("server did not stop")
+        .unwrap();
+}
+
 #[tokio::test]
 async fn serves_routes_over_tcp_and_stops_on_shutdown() {
     let st = state(&[("dev", true), ("prod", true)]);
@@ -102,11 +112,7 @@ async fn serves_routes_over_tcp_and_stops_on_shutdown() {
     assert_eq!(code, 405);
     assert!(head.contains("allow: get, head"));
 
-    shutdown.cancel();
-    crate::timers::timeout(Duration::from_secs(10), server)
-        .await
-        .expect("server did not stop")
-        .unwrap();
+    stop_admin(shutdown, server).await;
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
 
@@ -122,11 +128,7 @@ async fn garbage_request_does_not_stop_the_listener() {
     assert!(raw.is_empty() || raw.starts_with(b"HTTP/1.1 400"));
     // No environments served: vacuously ready.
     assert_eq!(get(addr, "GET", "/readyz").await.0, 200);
-    shutdown.cancel();
-    crate::timers::timeout(Duration::from_secs(10), server)
-        .await
-        .expect("server did not stop")
-        .unwrap();
+    stop_admin(shutdown, server).await;
 }
 
 /// A client that never finishes its request headers is dropped after
@@ -164,10 +166,6 @@ fn stalled_request_headers_time_out_on_a_runtime_without_timers() {
             "{}",
             String::from_utf8_lossy(&raw)
         );
-        shutdown.cancel();
-        crate::timers::timeout(Duration::from_secs(10), server)
-            .await
-            .expect("server did not stop")
-            .unwrap();
+        stop_admin(shutdown, server).await;
     });
 }
