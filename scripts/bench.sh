@@ -20,11 +20,15 @@
 #      tierwarden prod (TLS verify-full, every statement audited);
 #      connection setup (pgbench -C -S); RSS with N idle sessions
 #      (scripts/idle_clients.py) for tierwarden and PgBouncer
-#   6. a markdown report on stdout (progress goes to stderr)
+#   6. with BENCH_AA=1 (the default), a second, identical PgBouncer
+#      ("PgBouncer B") in every pgbench case's rotation: an A/A control.
+#      PgBouncer B ÷ PgBouncer is what two equal proxies measure on this
+#      machine, so tierwarden ÷ PgBouncer reads against it
+#   7. a markdown report on stdout (progress goes to stderr)
 # Everything it starts is stopped by PID on exit (trap EXIT).
 #
 # Knobs (environment): BENCH_SECONDS (5) per pgbench run, BENCH_ROUNDS (3),
-# BENCH_SCALE (10),
+# BENCH_SCALE (10), BENCH_AA (1: the PgBouncer A/A control; 0: without),
 # BENCH_CLIENTS ("1 8 32"), BENCH_IDLE (1000), BENCH_PROD_TLS (1),
 # BENCH_OUT (also write the report to this file), BENCH_LOGDIR
 # (target/bench-logs: pgbench and server logs of the last run),
@@ -38,6 +42,7 @@ SCALE=${BENCH_SCALE:-10}
 read -r -a CLIENTS <<<"${BENCH_CLIENTS:-1 8 32}"
 IDLE=${BENCH_IDLE:-1000}
 PROD_TLS=${BENCH_PROD_TLS:-1}
+AA=${BENCH_AA:-1}
 OUT=${BENCH_OUT:-}
 LOGDIR=${BENCH_LOGDIR:-$ROOT/target/bench-logs}
 NPROC=$(nproc)
@@ -83,12 +88,13 @@ RESULTS=$WORK/results.tsv
 
 TW_PID=""
 PGB_PID=""
+PGB_B_PID=""
 cleanup() {
     local rc=$?
     set +e
     trap - EXIT INT TERM
     local pid
-    for pid in $PGB_PID $TW_PID; do
+    for pid in $PGB_B_PID $PGB_PID $TW_PID; do
         stop_pid "$pid"
     done
     stop_leftover_postmaster "$QS"
@@ -103,12 +109,14 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# Seven consecutive free ports: quickstart uses base..base+4, PgBouncer base+5.
+# Seven consecutive free ports: quickstart uses base..base+4, PgBouncer
+# base+5, PgBouncer B base+6.
 BASE=$(free_port_base 7)
 [ -n "$BASE" ] || die "no free port range"
 DEV_PORT=$BASE
 PROD_PORT=$((BASE + 3))
 PGB_PORT=$((BASE + 5))
+PGB_B_PORT=$((BASE + 6))
 
 start_quickstart "$BIN" "$QS" "$BASE" "$LOGDIR/tierwarden.log"
 
@@ -162,6 +170,7 @@ log "tierwarden upstream_pool_size = $TW_POOL (reloaded)"
 
 DIRECT_URL="postgresql://tw_dev_owner@127.0.0.1:$PG_PORT/app_dev?sslmode=disable"
 PGB_URL="postgresql://tw_dev_owner@127.0.0.1:$PGB_PORT/app_dev?sslmode=disable"
+PGB_B_URL="postgresql://tw_dev_owner@127.0.0.1:$PGB_B_PORT/app_dev?sslmode=disable"
 TW_URL="postgresql://app_runtime@127.0.0.1:$DEV_PORT/app_dev?sslmode=disable"
 TW_PROD_URL="postgresql://app_runtime@127.0.0.1:$PROD_PORT/app_prod?sslmode=verify-full&sslrootcert=$QS/tls/ca.crt"
 
@@ -176,16 +185,29 @@ if [ "$PROD_TLS" = 1 ]; then
         die "pgbench -i app_prod (see $LOGDIR/init_prod.log)"
 fi
 
-log "starting PgBouncer (session mode) on port $PGB_PORT"
-PGB_DIR=$WORK/pgbouncer
-write_pgbouncer_config "$PGB_DIR" "$PG_PORT" "$PGB_PORT" tw_dev_owner "$DEV_OWNER_PW" \
-    "max_client_conn = $((IDLE + 100))
-default_pool_size = $((IDLE + 50))"
 PGB_USER_ARGS=()
 [ "$(id -u)" != 0 ] || PGB_USER_ARGS=(-u postgres)
-pgbouncer -q "${PGB_USER_ARGS[@]}" "$PGB_DIR/pgbouncer.ini" >"$LOGDIR/pgbouncer.stdout" 2>&1 &
-PGB_PID=$!
-wait_for_pgbouncer "$PGB_URL" "$DEV_OWNER_PW" "$PGB_PID" "$LOGDIR/pgbouncer.stdout" 10
+# start_pgbouncer NAME PORT: a PgBouncer of this run's configuration in
+# $WORK/NAME; its PID in PGB_STARTED.
+start_pgbouncer() {
+    local name=$1 port=$2
+    log "starting $name (session mode) on port $port"
+    write_pgbouncer_config "$WORK/$name" "$PG_PORT" "$port" tw_dev_owner "$DEV_OWNER_PW" \
+        "max_client_conn = $((IDLE + 100))
+default_pool_size = $((IDLE + 50))"
+    pgbouncer -q "${PGB_USER_ARGS[@]}" "$WORK/$name/pgbouncer.ini" >"$LOGDIR/$name.stdout" 2>&1 &
+    PGB_STARTED=$!
+    wait_for_pgbouncer "postgresql://tw_dev_owner@127.0.0.1:$port/app_dev?sslmode=disable" \
+        "$DEV_OWNER_PW" "$PGB_STARTED" "$LOGDIR/$name.stdout" 10
+}
+start_pgbouncer pgbouncer "$PGB_PORT"
+PGB_PID=$PGB_STARTED
+PGB_TARGETS=(pgbouncer)
+if [ "$AA" = 1 ]; then
+    start_pgbouncer pgbouncer-b "$PGB_B_PORT"
+    PGB_B_PID=$PGB_STARTED
+    PGB_TARGETS=(pgbouncer pgbouncer-b)
+fi
 
 CLK_TCK=$(getconf CLK_TCK)
 # CPU time (user + system, clock ticks) of a process; 0 for none.
@@ -260,6 +282,7 @@ set_target() {
     case $1 in
     direct) url=$DIRECT_URL pw=$DEV_OWNER_PW ppid="" ;;
     pgbouncer) url=$PGB_URL pw=$DEV_OWNER_PW ppid=$PGB_PID ;;
+    pgbouncer-b) url=$PGB_B_URL pw=$DEV_OWNER_PW ppid=$PGB_B_PID ;;
     tierwarden) url=$TW_URL pw=$APP_DEV_PW ppid=$TW_PID ;;
     esac
 }
@@ -286,7 +309,7 @@ for workload in select-only tpcb-like; do
             j=$((c < NPROC ? c : NPROC))
             key="$workload $mode $c"
             for round in $(seq 1 "$ROUNDS"); do
-                for target in $(rotated "$round" direct pgbouncer tierwarden); do
+                for target in $(rotated "$round" direct "${PGB_TARGETS[@]}" tierwarden); do
                     set_target "$target"
                     [ "$workload" = tpcb-like ] && pgbench_reset
                     run_pgbench "$key" "$target" "$url" "$pw" "$ppid" "$round" \

@@ -143,11 +143,14 @@ print(f"- run took {env('ELAPSED')} s; tierwarden counted {env('COUNTED')} state
 print()
 print("TPS (higher is better), mean latency in ms, ratios of TPS.")
 print()
+aa = any("pgbouncer-b" in r for r in rows.values())
+aa_head, aa_rule = ("| PgBouncer B / PgBouncer (A/A) | A/A per round ", "--:|--:|") if aa else ("", "")
 print("| workload | protocol | clients | direct TPS | direct ms "
       "| PgBouncer TPS | PgBouncer ms | PgBouncer / direct "
       "| tierwarden TPS | tierwarden ms | tierwarden / direct | tierwarden / PgBouncer "
-      "| tierwarden / PgBouncer per round |")
-print("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+      f"| tierwarden / PgBouncer per round {aa_head}|")
+print(f"|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|{aa_rule}")
+aa_ratios = []
 prod = None
 cases = []
 for key in order:
@@ -161,9 +164,21 @@ for key in order:
     if d is None:
         continue
     cases.append((workload, mode, clients, d, b, t))
+    a2 = r.get("pgbouncer-b")
+    aa_cells = f" {ratio(a2, b)} | {spread(a2, b)} |" if aa else ""
+    if a2 and b and a2["status"] == "ok" and b["status"] == "ok" and b["tps"]:
+        aa_ratios.append(a2["tps"] / b["tps"])
     print(f"| {workload} | {mode} | {clients} | {tps(d)} | {ms(d)} "
           f"| {tps(b)} | {ms(b)} | {ratio(b, d)} "
-          f"| {tps(t)} | {ms(t)} | {ratio(t, d)} | {ratio(t, b)} | {spread(t, b)} |")
+          f"| {tps(t)} | {ms(t)} | {ratio(t, d)} | {ratio(t, b)} | {spread(t, b)} |{aa_cells}")
+if aa_ratios:
+    print()
+    print("A/A control: \"PgBouncer B\" is a second PgBouncer, identical to the first, "
+          "in the same rotation. Its ratio to the first is what this machine reports "
+          f"for two equal proxies: {min(aa_ratios):.2f}–{max(aa_ratios):.2f} over the "
+          f"{len(aa_ratios)} cases (median {statistics.median(aa_ratios):.2f}). A tierwarden "
+          "÷ PgBouncer ratio inside that band is not distinguishable from equal by TPS on "
+          "this run; the CPU tables below are.")
 
 print()
 print("Cost of each proxy: mean latency added over direct (µs per transaction, "
@@ -171,12 +186,14 @@ print("Cost of each proxy: mean latency added over direct (µs per transaction, 
       "/proc/PID/stat) per transaction. A select-only transaction is one "
       "statement, a TPC-B-like one is seven.")
 print()
+aa_cpu_head, aa_cpu_rule = ("| PgBouncer B CPU µs/tx ", "--:|") if aa else ("", "")
 print("| workload | protocol | clients | PgBouncer +µs | tierwarden +µs "
-      "| PgBouncer CPU µs/tx | tierwarden CPU µs/tx |")
-print("|---|---|--:|--:|--:|--:|--:|")
+      f"| PgBouncer CPU µs/tx {aa_cpu_head}| tierwarden CPU µs/tx |")
+print(f"|---|---|--:|--:|--:|--:|{aa_cpu_rule}--:|")
 for workload, mode, clients, d, b, t in cases:
+    aa_cpu = f" {cpu(rows[' '.join((workload, mode, clients))].get('pgbouncer-b'))} |" if aa else ""
     print(f"| {workload} | {mode} | {clients} | {added(b, d)} | {added(t, d)} "
-          f"| {cpu(b)} | {cpu(t)} |")
+          f"| {cpu(b)} |{aa_cpu} {cpu(t)} |")
 
 print()
 print("Whole machine: CPU time of every process on it (pgbench, PostgreSQL, the "
