@@ -42,6 +42,10 @@ struct Known {
     /// Canonical fingerprints per statement (migration sessions with a
     /// promotion gate only).
     fps: Option<Arc<Vec<String>>>,
+    /// The role matrix allowed these statements for this session at Parse.
+    /// The decision is a pure function of the statements and the session's
+    /// subject, both fixed, so a Bind of it need not decide again.
+    allowed: bool,
 }
 
 /// Why a message is refused, and how.
@@ -364,7 +368,12 @@ impl<'a> Inbound<'a> {
             })
             .and_then(|_| statement_fingerprints(&text))
             .map(Arc::new);
-        Known { stmts, text, fps }
+        Known {
+            stmts,
+            text,
+            fps,
+            allowed: false,
+        }
     }
 
     /// The statements with each EXECUTE of an SQL-prepared statement
@@ -397,18 +406,20 @@ impl<'a> Inbound<'a> {
         stmts.into()
     }
 
-    /// The first refusal among the statements, if any: the role matrix,
-    /// the production audit rule, then (for migration sessions at Query
-    /// and Parse) the promotion gate.
+    /// The first refusal among the statements, if any: the role matrix
+    /// (unless it allowed them at Parse), the production audit rule, then
+    /// (for migration sessions at Query and Parse) the promotion gate.
     fn judge(&self, k: &Known, gate_now: bool) -> Option<Refusal> {
-        let subject = self.adm.subject(self.env);
-        for s in k.stmts.iter() {
-            if let Decision::Deny(d) = decide(s, &subject) {
-                return Some(Refusal {
-                    class: s.class,
-                    denial: d,
-                    rollback: false,
-                });
+        if !k.allowed {
+            let subject = self.adm.subject(self.env);
+            for s in k.stmts.iter() {
+                if let Decision::Deny(d) = decide(s, &subject) {
+                    return Some(Refusal {
+                        class: s.class,
+                        denial: d,
+                        rollback: false,
+                    });
+                }
             }
         }
         if self.env.tier() == Tier::Production && !k.stmts.is_empty() {
@@ -505,6 +516,7 @@ impl<'a> Inbound<'a> {
                         stmts: Arc::new(vec![s.clone()].into()),
                         text: Arc::clone(&k.text),
                         fps: None,
+                        allowed: false,
                     },
                 );
             }
@@ -551,7 +563,7 @@ impl<'a> Inbound<'a> {
         }
         self.remember_sql_prepares(&k);
         self.tx.after(&k.stmts, k.fps.as_deref());
-        self.parsed.insert(name, Some(k));
+        self.parsed.insert(name, Some(Known { allowed: true, ..k }));
         t.extended(None);
         out.forward_msg(m);
     }
@@ -581,6 +593,7 @@ impl<'a> Inbound<'a> {
             ),
             text: Arc::from(""),
             fps: None,
+            allowed: false,
         });
         if let Some(r) = self.judge(&known, false) {
             self.deny(r.class, &r.denial, &known.text, t);
