@@ -27,13 +27,46 @@ const SHAPE_SLOTS: usize = 16;
 /// Longest shape key a session keeps (longer ones ask the shared cache).
 const MAX_SHAPE_KEY: usize = 1024;
 
+/// A remembered shape key and the classification it shares.
+struct Shape {
+    key: Box<str>,
+    /// The bytes every text of this shape starts with: the key's kept
+    /// bytes before its first constant marker (after the key's leading
+    /// NUL). A text that does not start with them cannot fit, which
+    /// rejects most other shapes with one short compare.
+    lead: std::ops::Range<usize>,
+    classified: Arc<Classified>,
+}
+
+impl Shape {
+    fn new(key: &str, classified: Arc<Classified>) -> Shape {
+        let kept = key.as_bytes().get(1..).unwrap_or_default();
+        let end = 1 + memchr::memchr(b'$', kept).unwrap_or(kept.len());
+        Shape {
+            key: Box::from(key),
+            lead: 1.min(end)..end,
+            classified,
+        }
+    }
+
+    /// Whether `text` has this shape (see `Classifier::fits_shape`).
+    fn fits(&self, text: &str) -> bool {
+        let lead = self
+            .key
+            .as_bytes()
+            .get(self.lead.clone())
+            .unwrap_or_default();
+        text.as_bytes().starts_with(lead) && Classifier::fits_shape(text, &self.key)
+    }
+}
+
 /// A session's recently classified texts and shapes (round-robin
 /// replacement).
 #[derive(Default)]
 pub struct Recent {
     slots: [Option<(Arc<str>, Arc<Classified>)>; SLOTS],
     next: usize,
-    shapes: [Option<(Box<str>, Arc<Classified>)>; SHAPE_SLOTS],
+    shapes: [Option<Shape>; SHAPE_SLOTS],
     next_shape: usize,
     /// The shape key of the text being classified (allocation reused).
     key: String,
@@ -60,18 +93,15 @@ impl Recent {
     pub fn classify(&mut self, text: &Arc<str>, classifier: &Classifier) -> Arc<Classified> {
         // New values in a remembered shape: checked along its key, without
         // lexing a key of its own.
-        let fit = self
-            .shapes
-            .iter()
-            .flatten()
-            .find(|(k, _)| Classifier::fits_shape(text, k));
-        if let Some((key, c)) = fit {
+        let fit = self.shapes.iter().flatten().find(|s| s.fits(text));
+        if let Some(shape) = fit {
             debug_assert!(
-                Classifier::literal_shape(text, &mut self.key) && *self.key == **key,
-                "{text:?} fits {key:?} but its own key is {:?}",
+                Classifier::literal_shape(text, &mut self.key) && *self.key == *shape.key,
+                "{text:?} fits {:?} but its own key is {:?}",
+                shape.key,
                 self.key
             );
-            return Arc::clone(c);
+            return Arc::clone(&shape.classified);
         }
         if !Classifier::literal_shape(text, &mut self.key) {
             let c = classifier.classify_verbatim(text);
@@ -85,7 +115,7 @@ impl Recent {
         if !by_shape {
             self.put(Arc::clone(text), Arc::clone(&c));
         } else if key.len() <= MAX_SHAPE_KEY {
-            self.shapes[self.next_shape] = Some((Box::from(key), Arc::clone(&c)));
+            self.shapes[self.next_shape] = Some(Shape::new(key, Arc::clone(&c)));
             self.next_shape = (self.next_shape + 1) % SHAPE_SLOTS;
         }
         c
@@ -151,6 +181,6 @@ mod tests {
             classify(&mut r, &format!("SELECT c{i} FROM t WHERE id = 7"));
         }
         assert_eq!(shapes_held(&r), SHAPE_SLOTS);
-        assert!(!r.shapes.iter().flatten().any(|(k, _)| k.contains("UPDATE")));
+        assert!(!r.shapes.iter().flatten().any(|s| s.key.contains("UPDATE")));
     }
 }

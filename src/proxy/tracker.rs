@@ -172,14 +172,20 @@ impl Tracker {
         if let Some(s) = self.segments.back_mut().filter(|s| s.open) {
             // A Query after unsynced extended messages closes their segment.
             s.open = false;
-            s.stmts.extend(stmts);
+            // (one at a time: `extend` reserves from the iterator's size
+            // hint first, which costs more than the usual one statement)
+            for st in stmts {
+                s.stmts.push_back(st);
+            }
             if s.denial.is_none() {
                 s.denial = denial.map(|d| (s.sent_msgs, d));
             }
             return;
         }
         let mut queue = std::mem::take(&mut self.spare);
-        queue.extend(stmts);
+        for st in stmts {
+            queue.push_back(st);
+        }
         let mut s = Segment::new(false, false, queue);
         s.denial = denial.map(|d| (0, d));
         self.segments.push_back(s);
