@@ -30,32 +30,26 @@ const MAX_SHAPE_KEY: usize = 1024;
 /// A remembered shape key and the classification it shares.
 struct Shape {
     key: Box<str>,
-    /// The bytes every text of this shape starts with: the key's kept
-    /// bytes before its first constant marker (after the key's leading
-    /// NUL). A text that does not start with them cannot fit, which
-    /// rejects most other shapes with one short compare.
-    lead: std::ops::Range<usize>,
+    /// End of the key's kept bytes before its first constant marker
+    /// (they start after the key's leading NUL): every text of this shape
+    /// starts with them, so one short compare rejects most other shapes.
+    lead: usize,
     classified: Arc<Classified>,
 }
 
 impl Shape {
     fn new(key: &str, classified: Arc<Classified>) -> Shape {
         let kept = key.as_bytes().get(1..).unwrap_or_default();
-        let end = 1 + memchr::memchr(b'$', kept).unwrap_or(kept.len());
         Shape {
             key: Box::from(key),
-            lead: 1.min(end)..end,
+            lead: 1 + memchr::memchr(b'$', kept).unwrap_or(kept.len()),
             classified,
         }
     }
 
     /// Whether `text` has this shape (see `Classifier::fits_shape`).
     fn fits(&self, text: &str) -> bool {
-        let lead = self
-            .key
-            .as_bytes()
-            .get(self.lead.clone())
-            .unwrap_or_default();
+        let lead = self.key.as_bytes().get(1..self.lead).unwrap_or_default();
         text.as_bytes().starts_with(lead) && Classifier::fits_shape(text, &self.key)
     }
 }
@@ -143,6 +137,49 @@ mod tests {
         assert!(r.get(b"SELECT 0").is_none(), "oldest replaced");
         assert!(r.get(b"SELECT 1").is_some());
         assert_eq!(r.get(b"SELECT x").map(|(t, _)| &**t), Some("SELECT x"));
+    }
+
+    #[test]
+    fn the_lead_compare_never_hides_a_fitting_shape() {
+        let classifier = Classifier::new(&Default::default());
+        let mut r = Recent::default();
+        // Shapes that share a long start, one that starts with a constant,
+        // and pgbench's TPC-B-like statements (nine shapes with the signs).
+        let texts = |v: i64| {
+            [
+                format!("UPDATE pgbench_accounts SET abalance = abalance + {v} WHERE aid = 3"),
+                format!("UPDATE pgbench_tellers SET tbalance = tbalance + {v} WHERE tid = 4"),
+                format!("UPDATE pgbench_branches SET bbalance = bbalance + {v} WHERE bid = 5"),
+                format!(
+                    "SELECT abalance FROM pgbench_accounts WHERE aid = {}",
+                    v.abs()
+                ),
+                format!("{} = 1", v.abs()),
+                format!("SELECT {} AS a", v.abs()),
+                format!("SELECT {} AS b", v.abs()),
+            ]
+        };
+        for sql in texts(7).iter().chain(texts(-7).iter()) {
+            r.classify(&Arc::from(sql.as_str()), &classifier);
+        }
+        let held = shapes_held(&r);
+        for sql in texts(123).iter().chain(texts(-456).iter()) {
+            let c = r.classify(&Arc::from(sql.as_str()), &classifier);
+            assert_eq!(
+                c.statements,
+                classifier.classify_uncached(sql).statements,
+                "{sql}"
+            );
+            let fitting = r.shapes.iter().flatten().filter(|s| s.fits(sql)).count();
+            let by_key = r
+                .shapes
+                .iter()
+                .flatten()
+                .filter(|s| Classifier::fits_shape(sql, &s.key))
+                .count();
+            assert_eq!(fitting, by_key, "{sql}");
+        }
+        assert_eq!(shapes_held(&r), held, "new values found their shapes");
     }
 
     fn shapes_held(r: &Recent) -> usize {
