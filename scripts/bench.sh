@@ -287,15 +287,21 @@ set_target() {
     esac
 }
 
-# rotated ROUND TARGET... — the targets, starting at position ROUND - 1, so
-# that no target always runs right after another (or first after a reset).
+# rotated ROUND TARGET... — the targets, starting at position ROUND - 1,
+# forward in odd rounds and backward in even ones: no target always runs
+# first (or first after a TPC-B reset), and no target always runs right
+# after the same one (a plain rotation keeps every target's predecessor).
 rotated() {
     local r=$1
     shift
     local n=$#
     local -a t=("$@")
     for i in $(seq 0 $((n - 1))); do
-        printf '%s\n' "${t[$(((r - 1 + i) % n))]}"
+        if [ $((r % 2)) = 0 ]; then
+            printf '%s\n' "${t[$((((r - 1 - i) % n + n) % n))]}"
+        else
+            printf '%s\n' "${t[$(((r - 1 + i) % n))]}"
+        fi
     done
 }
 
