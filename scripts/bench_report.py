@@ -163,8 +163,8 @@ for key in order:
         prod = (key, r["tierwarden-prod-tls"])
     if d is None:
         continue
-    cases.append((workload, mode, clients, d, b, t))
     a2 = r.get("pgbouncer-b")
+    cases.append((workload, mode, clients, d, b, t, a2))
     aa_cells = f" {ratio(a2, b)} | {spread(a2, b)} |" if aa else ""
     if a2 and b and a2["status"] == "ok" and b["status"] == "ok" and b["tps"]:
         aa_ratios.append(a2["tps"] / b["tps"])
@@ -190,8 +190,8 @@ aa_cpu_head, aa_cpu_rule = ("| PgBouncer B CPU µs/tx ", "--:|") if aa else ("",
 print("| workload | protocol | clients | PgBouncer +µs | tierwarden +µs "
       f"| PgBouncer CPU µs/tx {aa_cpu_head}| tierwarden CPU µs/tx |")
 print(f"|---|---|--:|--:|--:|--:|{aa_cpu_rule}--:|")
-for workload, mode, clients, d, b, t in cases:
-    aa_cpu = f" {cpu(rows[' '.join((workload, mode, clients))].get('pgbouncer-b'))} |" if aa else ""
+for workload, mode, clients, d, b, t, a2 in cases:
+    aa_cpu = f" {cpu(a2)} |" if aa else ""
     print(f"| {workload} | {mode} | {clients} | {added(b, d)} | {added(t, d)} "
           f"| {cpu(b)} |{aa_cpu} {cpu(t)} |")
 
@@ -208,7 +208,7 @@ print("| workload | protocol | clients | direct busy µs/tx | PgBouncer busy µs
       "| tierwarden busy µs/tx | direct idle | PgBouncer idle | tierwarden idle "
       "| PgBouncer faults/tx | tierwarden faults/tx |")
 print("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
-for workload, mode, clients, d, b, t in cases:
+for workload, mode, clients, d, b, t, _ in cases:
     print(f"| {workload} | {mode} | {clients} | {cpu(d, 'busy')} | {cpu(b, 'busy')} "
           f"| {cpu(t, 'busy')} | {cpu(d, 'idle')} | {cpu(b, 'idle')} | {cpu(t, 'idle')} "
           f"| {faults(b)} | {faults(t)} |")
